@@ -1,0 +1,152 @@
+//! Types shared by the eBPF programs (`collector-ebpf`) and the daemon (`collector-user`).
+//!
+//! Every type here crosses the kernel/user boundary as raw bytes, so each is `#[repr(C)]`
+//! with explicit padding, and the daemon's `user` feature marks them `aya::Pod`.
+//! [`LAYOUT_VERSION`] is part of the bpffs pin path: a daemon never reads maps that were
+//! pinned by a build whose layouts differ.
+#![no_std]
+
+/// Bump whenever a type in this crate or the meaning of a map changes.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// `TASK_DEAD` from `include/linux/sched.h`: the `prev_state` of a thread's final switch.
+pub const TASK_DEAD: u32 = 0x80;
+/// `PF_EXITING` from `include/linux/sched.h`: set early in `do_exit()`.
+pub const PF_EXITING: u32 = 0x4;
+/// `PF_KTHREAD`: kernel threads are never part of an allocation.
+pub const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// Where the fields the programs read live in this kernel's structs. Resolved from
+/// `/sys/kernel/btf/vmlinux` by the daemon and written into the programs' `.rodata`
+/// before load, which the verifier then treats as constants, so every field read is a
+/// single direct load with no helper call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelLayout {
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_flags: u32,
+    pub task_start_time: u32,
+    /// `task_struct.se.sum_exec_runtime`: the thread's exact on-CPU time in ns.
+    pub task_sum_exec_runtime: u32,
+    pub task_utime: u32,
+    pub task_stime: u32,
+    pub task_cgroups: u32,
+    pub task_mm: u32,
+    pub task_signal: u32,
+    /// `css_set.subsys[id]` of the cgroup v1 controller used for attribution; 0 = no v1.
+    pub css_set_v1_subsys: u32,
+    /// `css_set.dfl_cgrp` (the cgroup v2 cgroup); 0 = do not attribute by cgroup v2.
+    pub css_set_dfl_cgrp: u32,
+    pub css_cgroup: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    pub signal_sum_sched_runtime: u32,
+    pub signal_utime: u32,
+    pub signal_stime: u32,
+    /// Offsets within `mm_struct` of the `count` of each RSS counter; 0 = unknown layout
+    /// (per-process memory then comes from /proc instead).
+    pub mm_file_pages: u32,
+    pub mm_anon_pages: u32,
+    pub mm_shmem_pages: u32,
+    pub mm_swap_entries: u32,
+}
+
+/// Value of the `TRACKED_CGROUPS` map, keyed by cgroup id (the kernfs node id, which is
+/// the inode number of the cgroup's directory). The daemon inserts one entry per task
+/// cgroup it tracks; the programs only add to the counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupCpu {
+    /// CLOCK_MONOTONIC ns when tracking began. A thread first met after it started and
+    /// that started before this instant contributes no earlier time (the first sample of
+    /// a process that existed before the daemon is 0); one that started later is counted
+    /// from its birth, so a child shorter than an interval is not lost.
+    pub since_ns: u64,
+    /// Exact on-CPU ns of every thread while attributed to this cgroup, exited ones included.
+    pub run_ns: u64,
+    /// Tick-sampled user and system ns (the kernel's `utime`/`stime`), used for the split.
+    pub user_ns: u64,
+    pub system_ns: u64,
+    /// Threads whose final CPU time was folded in at their last context switch.
+    pub exited_threads: u64,
+}
+
+/// Per-thread task-local storage: what was last added to the thread's cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadLast {
+    pub run_ns: u64,
+    pub user_ns: u64,
+    pub system_ns: u64,
+    /// 0 until the thread has been accounted once.
+    pub seen: u64,
+}
+
+/// Flags of a [`ThreadSample`].
+pub mod sample_flags {
+    /// The thread is its process's leader: the process-wide fields are filled.
+    pub const LEADER: u32 = 1;
+    /// The RSS and swap fields were read from the process's `mm_struct`.
+    pub const MEMORY: u32 = 2;
+    /// No task storage could be allocated: the deltas are 0 and must not be trusted.
+    pub const NO_STORAGE: u32 = 4;
+}
+
+/// One record of the task iterator: a live thread of a tracked cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadSample {
+    pub tid: u32,
+    pub tgid: u32,
+    /// The tracked cgroup the thread's time was added to.
+    pub cgroup_id: u64,
+    /// CPU added to the cgroup by this visit (since the previous visit, or since birth).
+    pub run_delta_ns: u64,
+    pub user_delta_ns: u64,
+    pub system_delta_ns: u64,
+    /// The thread's cumulative `sum_exec_runtime`, `utime`, `stime`.
+    pub run_ns: u64,
+    pub user_ns: u64,
+    pub system_ns: u64,
+    /// The thread's start time (CLOCK_MONOTONIC ns).
+    pub start_ns: u64,
+    /// Leader only: CPU of the process's threads that already exited
+    /// (`signal_struct.sum_sched_runtime`, `.utime`, `.stime`).
+    pub exited_run_ns: u64,
+    pub exited_user_ns: u64,
+    pub exited_system_ns: u64,
+    /// Leader only, with [`sample_flags::MEMORY`]: resident pages (file + anon + shmem,
+    /// as `/proc/<pid>/statm` counts them) and swapped-out pages (`VmSwap`). Signed: the
+    /// kernel's per-CPU counters may read slightly negative.
+    pub rss_pages: i64,
+    pub swap_pages: i64,
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Slots of the per-CPU `STATS` array: events the programs count so that nothing they
+/// drop is silent.
+pub mod stat {
+    /// Final CPU time of an exiting thread folded into its cgroup.
+    pub const EXITS_FOLDED: u32 = 0;
+    /// A thread of a tracked cgroup exited before it was ever accounted and had started
+    /// before tracking began: its earlier time is deliberately not counted.
+    pub const EXITS_UNSEEN: u32 = 1;
+    /// Task storage could not be allocated for a thread (out of memory).
+    pub const STORAGE_FAILED: u32 = 2;
+    /// The iterator's output buffer was full: the thread is shown again by the next
+    /// read() of the same pass (nothing is lost; counted to size the buffer).
+    pub const SAMPLES_DEFERRED: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: plain-old-data, #[repr(C)], no padding bytes left implicit.
+    unsafe impl aya::Pod for KernelLayout {}
+    unsafe impl aya::Pod for CgroupCpu {}
+    unsafe impl aya::Pod for ThreadLast {}
+    unsafe impl aya::Pod for ThreadSample {}
+}

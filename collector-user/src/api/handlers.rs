@@ -1,0 +1,90 @@
+//! Request handlers. They read the current [`Snapshot`](crate::snapshot::Snapshot) and
+//! nothing else (no /proc, no cgroupfs, no file); bodies are built at most once per
+//! snapshot and shared.
+
+use bytes::Bytes;
+use warp::{
+    http::{header, HeaderValue},
+    hyper::Body,
+    reply::Response,
+};
+
+use super::{errors::ApiError, filters::Params, metrics, ApiState};
+use crate::snapshot::{AllocInfo, Snapshot};
+
+/// Body of `GET /v1/agent/health`.
+pub const AGENT_HEALTH_BODY: &[u8] = br#"{"client":{"ok":true,"message":"ok"}}"#;
+
+pub const APPLICATION_JSON: &str = "application/json";
+
+fn response(body: Bytes, content_type: &'static str) -> Response {
+    let mut response = Response::new(Body::from(body));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn json(body: Bytes) -> Response {
+    response(body, APPLICATION_JSON)
+}
+
+pub fn agent_health() -> Response {
+    json(Bytes::from_static(AGENT_HEALTH_BODY))
+}
+
+/// `id` is the path segment, percent-decoded when that gave valid UTF-8.
+pub fn alloc_stats(id: String, params: Params, state: ApiState) -> Response {
+    let snapshot = state.store.load();
+    match snapshot.allocations.get(&id) {
+        Some(entry) => json(entry.stats_json(params.task.as_deref(), params.pretty)),
+        None => ApiError::unknown_allocation(&id).to_response(),
+    }
+}
+
+pub fn host_stats(params: Params, state: ApiState) -> Response {
+    let snapshot = state.store.load();
+    json(if params.pretty {
+        Snapshot::json(&snapshot.host, true)
+    } else {
+        Snapshot::memo(&snapshot.host_json, || {
+            Snapshot::json(&snapshot.host, false)
+        })
+    })
+}
+
+/// Every allocation's [`AllocInfo`], sorted by ID.
+pub fn allocations_body(snapshot: &Snapshot, pretty: bool) -> Bytes {
+    let mut list: Vec<&AllocInfo> = snapshot.allocations.values().map(|a| &a.info).collect();
+    list.sort_by(|a, b| a.id.cmp(&b.id));
+    Snapshot::json(&list, pretty)
+}
+
+pub fn allocations(params: Params, state: ApiState) -> Response {
+    let snapshot = state.store.load();
+    json(if params.pretty {
+        allocations_body(&snapshot, true)
+    } else {
+        Snapshot::memo(&snapshot.allocations_json, || {
+            allocations_body(&snapshot, false)
+        })
+    })
+}
+
+/// JSON unless `format=prometheus` (as Nomad: any other format gives JSON).
+pub fn metrics(params: Params, state: ApiState) -> Response {
+    let snapshot = state.store.load();
+    if params.format.as_deref() == Some("prometheus") {
+        let body = Snapshot::memo(&snapshot.metrics_prometheus, || {
+            metrics::render_prometheus(&snapshot)
+        });
+        return response(body, metrics::PROMETHEUS_CONTENT_TYPE);
+    }
+    json(if params.pretty {
+        metrics::render_json(&snapshot, true)
+    } else {
+        Snapshot::memo(&snapshot.metrics_json, || {
+            metrics::render_json(&snapshot, false)
+        })
+    })
+}

@@ -1,0 +1,370 @@
+//! The set of tasks the collector follows: found in cgroupfs in Nomad's layouts, or
+//! declared in the configuration. Each task keeps the state its rates need between
+//! cycles; a task whose cgroup is recreated under the same name starts afresh.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
+
+use tracing::{debug, info, warn};
+
+use super::rates::CounterTrack;
+use crate::{
+    cgroup::{
+        CgroupDir, DiscoveredTask, Discovery, Hierarchies, MemoryFigures, TaskCgroups,
+        ThrottleFigures,
+    },
+    config::StaticAllocation,
+    kernel::Attribution,
+    snapshot::AllocOrigin,
+};
+
+/// (allocation ID, task name).
+pub type TaskKey = (String, String);
+
+/// Labels of an allocation known from the configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AllocMeta {
+    pub job: Option<String>,
+    pub namespace: Option<String>,
+    pub task_group: Option<String>,
+}
+
+/// How a task's processes are found.
+#[derive(Clone, Debug)]
+pub enum Members {
+    /// Everything in the task's cgroups.
+    Cgroups(TaskCgroups),
+    /// A fixed list of PIDs from the configuration.
+    Pids(Vec<u32>),
+}
+
+/// A task and what the collector remembers about it between cycles.
+pub struct TaskEntry {
+    pub origin: AllocOrigin,
+    pub meta: Arc<AllocMeta>,
+    pub members: Members,
+    pub cgroup_paths: Arc<[PathBuf]>,
+    /// Inodes of the task's cgroup directories: a change means "recreated".
+    fingerprint: Vec<u64>,
+    /// Cgroup ids the kernel attributes to this task (its cgroups in the attribution
+    /// hierarchies and their descendants). Empty: not measurable by eBPF.
+    pub attribution: Vec<u64>,
+    attribution_checked: u64,
+    /// CLOCK_MONOTONIC ns from which the kernel counts this task's threads' time.
+    pub since_ns: u64,
+    pub cpu: CounterTrack,
+    pub pids: HashMap<u32, CounterTrack>,
+    pub memory: Option<MemoryFigures>,
+    pub throttling: ThrottleFigures,
+    pub cgroups_read_at: Option<Instant>,
+}
+
+/// How often (in cycles) a task's child cgroups are looked for again. Tasks are spread
+/// over the period so that a thousand tasks found together do not all rescan in the
+/// same cycle.
+const DESCENDANT_RESCAN_CYCLES: u64 = 30;
+
+impl TaskEntry {
+    fn new(
+        origin: AllocOrigin,
+        meta: Arc<AllocMeta>,
+        members: Members,
+        cgroup_paths: Arc<[PathBuf]>,
+        fingerprint: Vec<u64>,
+        since_ns: u64,
+    ) -> Self {
+        Self {
+            origin,
+            meta,
+            members,
+            cgroup_paths,
+            fingerprint,
+            attribution: Vec::new(),
+            attribution_checked: 0,
+            since_ns,
+            cpu: CounterTrack::default(),
+            pids: HashMap::new(),
+            memory: None,
+            throttling: ThrottleFigures::default(),
+            cgroups_read_at: None,
+        }
+    }
+
+    /// An identity for the task's cumulative counter: changes when its cgroups do.
+    pub fn identity(&self) -> u64 {
+        self.fingerprint
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, x| {
+                (h ^ x).wrapping_mul(0x0100_0000_01b3)
+            })
+    }
+
+    pub fn cgroups(&self) -> Option<&TaskCgroups> {
+        match &self.members {
+            Members::Cgroups(c) => Some(c),
+            Members::Pids(_) => None,
+        }
+    }
+}
+
+/// The task cgroup directories the kernel attributes by, for a given attribution.
+fn attribution_dirs<'a>(cgroups: &'a TaskCgroups, attribution: &Attribution) -> Vec<&'a CgroupDir> {
+    let mut dirs = Vec::new();
+    let v1 = match attribution.v1_controller.as_deref() {
+        Some("cpuacct") => cgroups.cpuacct.as_ref(),
+        Some("cpu") => cgroups.cpu.as_ref(),
+        Some("memory") => cgroups.memory.as_ref(),
+        _ => None,
+    };
+    dirs.extend(v1);
+    if attribution.v2 {
+        dirs.extend(cgroups.v2.as_ref());
+    }
+    dirs
+}
+
+fn cgroup_paths(cgroups: &TaskCgroups) -> Arc<[PathBuf]> {
+    [&cgroups.cpu, &cgroups.cpuacct, &cgroups.memory, &cgroups.v2]
+        .into_iter()
+        .flatten()
+        .map(CgroupDir::path)
+        .collect()
+}
+
+fn fingerprint_of(task: &DiscoveredTask) -> Vec<u64> {
+    let mut inodes: Vec<u64> = task
+        .v1
+        .values()
+        .map(|c| c.inode)
+        .chain(task.v2.iter().map(|c| c.inode))
+        .collect();
+    inodes.sort_unstable();
+    inodes.dedup();
+    inodes
+}
+
+/// All the tasks, by key.
+#[derive(Default)]
+pub struct TaskSet {
+    pub tasks: BTreeMap<TaskKey, TaskEntry>,
+    cycle: u64,
+    /// Changes whenever a task or a task's cgroup ids change (see `generation`).
+    generation: u64,
+    /// Warned about these configured cgroups being absent.
+    missing_warned: std::collections::HashSet<PathBuf>,
+}
+
+impl TaskSet {
+    /// Brings the set up to date with cgroupfs and the configuration. `since_ns` is what
+    /// new tasks count from (see [`TaskEntry::since_ns`]).
+    pub fn refresh(
+        &mut self,
+        mut discovery: Option<&mut Discovery>,
+        allocations: &[StaticAllocation],
+        attribution: Option<&Attribution>,
+        since_ns: u64,
+    ) {
+        self.cycle += 1;
+        let mut seen: Vec<TaskKey> = Vec::new();
+        let scan = discovery.as_deref_mut().map(Discovery::scan_if_changed);
+        if let Some(None) = scan {
+            // Nothing changed in cgroupfs since the last scan: the tasks found then stand.
+            seen.extend(
+                self.tasks
+                    .iter()
+                    .filter(|(_, t)| matches!(t.origin, AllocOrigin::Nomad { .. }))
+                    .map(|(k, _)| k.clone()),
+            );
+        }
+        if let (Some(discovery), Some(Some(scan))) = (discovery.as_deref_mut(), scan) {
+            for found in scan {
+                let key = (found.alloc_id.clone(), found.task.clone());
+                let fingerprint = fingerprint_of(&found);
+                let unchanged = self
+                    .tasks
+                    .get(&key)
+                    .is_some_and(|t| t.fingerprint == fingerprint);
+                if !unchanged {
+                    let cgroups = discovery.task_cgroups(&found);
+                    let recreated = self.tasks.contains_key(&key);
+                    info!(
+                        alloc_id = %found.alloc_id,
+                        task = %found.task,
+                        layout = %found.layout,
+                        recreated,
+                        "task found"
+                    );
+                    let entry = TaskEntry::new(
+                        AllocOrigin::Nomad {
+                            layout: found.layout.to_string(),
+                        },
+                        Arc::default(),
+                        Members::Cgroups(cgroups.clone()),
+                        cgroup_paths(&cgroups),
+                        fingerprint,
+                        since_ns,
+                    );
+                    self.tasks.insert(key.clone(), entry);
+                    self.generation += 1;
+                }
+                seen.push(key);
+            }
+        }
+        let hierarchies = discovery.as_deref().map(Discovery::hierarchies);
+        self.refresh_static(hierarchies, allocations, since_ns, &mut seen);
+        seen.sort();
+        let before = self.tasks.len();
+        self.tasks.retain(|key, _| {
+            let keep = seen.binary_search(key).is_ok();
+            if !keep {
+                info!(alloc_id = %key.0, task = %key.1, "task gone");
+            }
+            keep
+        });
+        if self.tasks.len() != before {
+            self.generation += 1;
+        }
+        if let Some(attribution) = attribution {
+            self.update_attribution(attribution);
+        }
+    }
+
+    fn refresh_static(
+        &mut self,
+        hierarchies: Option<&Hierarchies>,
+        allocations: &[StaticAllocation],
+        since_ns: u64,
+        seen: &mut Vec<TaskKey>,
+    ) {
+        for alloc in allocations {
+            let meta = Arc::new(AllocMeta {
+                job: alloc.job.clone(),
+                namespace: alloc.namespace.clone(),
+                task_group: alloc.task_group.clone(),
+            });
+            for task in &alloc.tasks {
+                let key = (alloc.id.clone(), task.name.clone());
+                let (members, paths, fingerprint) = match &task.cgroup {
+                    Some(path) => {
+                        let Some(cgroups) = self.static_cgroups(hierarchies, path) else {
+                            continue;
+                        };
+                        let mut inodes: Vec<u64> =
+                            [&cgroups.cpu, &cgroups.cpuacct, &cgroups.memory, &cgroups.v2]
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|d| d.inode().ok())
+                                .collect();
+                        inodes.sort_unstable();
+                        let paths = cgroup_paths(&cgroups);
+                        (Members::Cgroups(cgroups), paths, inodes)
+                    }
+                    None => (
+                        Members::Pids(task.pids.clone()),
+                        Arc::from([]),
+                        task.pids.iter().map(|&p| p as u64).collect(),
+                    ),
+                };
+                let unchanged = self.tasks.get(&key).is_some_and(|t| {
+                    t.fingerprint == fingerprint
+                        && *t.meta == *meta
+                        && t.origin == AllocOrigin::Config
+                });
+                if !unchanged {
+                    info!(alloc_id = %alloc.id, task = %task.name, "configured task added");
+                    self.generation += 1;
+                    self.tasks.insert(
+                        key.clone(),
+                        TaskEntry::new(
+                            AllocOrigin::Config,
+                            Arc::clone(&meta),
+                            members,
+                            paths,
+                            fingerprint,
+                            since_ns,
+                        ),
+                    );
+                }
+                seen.push(key);
+            }
+        }
+    }
+
+    /// Readers for a configured cgroup path, or None (warned once) while it is absent.
+    fn static_cgroups(
+        &mut self,
+        hierarchies: Option<&Hierarchies>,
+        path: &Path,
+    ) -> Option<TaskCgroups> {
+        let found = hierarchies.and_then(|h| h.task_cgroups_at(path));
+        let present = found.as_ref().is_some_and(|c| {
+            [&c.cpu, &c.cpuacct, &c.memory, &c.v2]
+                .into_iter()
+                .flatten()
+                .any(|d| d.inode().is_ok())
+        });
+        if present {
+            self.missing_warned.remove(path);
+            found
+        } else {
+            if self.missing_warned.insert(path.to_path_buf()) {
+                warn!(path = %path.display(), "configured task cgroup does not exist (yet); skipping it");
+            }
+            None
+        }
+    }
+
+    fn update_attribution(&mut self, attribution: &Attribution) {
+        let cycle = self.cycle;
+        for (key, task) in &mut self.tasks {
+            let due = task.attribution_checked == 0
+                || (cycle - task.attribution_checked >= DESCENDANT_RESCAN_CYCLES / 2
+                    && (cycle + task.identity()).is_multiple_of(DESCENDANT_RESCAN_CYCLES));
+            if !due {
+                continue;
+            }
+            task.attribution_checked = cycle;
+            let Some(cgroups) = task.cgroups() else {
+                continue;
+            };
+            let mut ids = Vec::new();
+            for dir in attribution_dirs(cgroups, attribution) {
+                match dir.inode() {
+                    Ok(id) => ids.push(id),
+                    Err(e) => {
+                        debug!(alloc_id = %key.0, task = %key.1, error = %e, "task cgroup gone while reading its id");
+                        continue;
+                    }
+                }
+                match dir.descendants() {
+                    Ok(children) => ids.extend(children.into_iter().map(|(_, id)| id)),
+                    Err(e) => debug!(error = %e, "listing child cgroups"),
+                }
+            }
+            ids.sort_unstable();
+            ids.dedup();
+            if task.attribution != ids {
+                task.attribution = ids;
+                self.generation += 1;
+            }
+        }
+    }
+
+    /// A number that changes whenever the set of tasks or of their cgroup ids does: the
+    /// kernel's tracked-cgroup map needs updating only then.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Every cgroup id to track, with the time its task counts from.
+    pub fn attribution_ids(&self) -> HashMap<u64, u64> {
+        self.tasks
+            .values()
+            .flat_map(|t| t.attribution.iter().map(|&id| (id, t.since_ns)))
+            .collect()
+    }
+}

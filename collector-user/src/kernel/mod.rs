@@ -1,0 +1,10 @@
+//! The kernel side: BTF offsets, loading and attaching the eBPF programs, pinning, and
+//! reading their output.
+pub mod accounting;
+pub mod btf;
+pub mod layout;
+pub mod pins;
+pub mod sys;
+
+pub use accounting::{AttachedPrograms, KernelAccounting, KernelError, KernelOptions, KernelStats};
+pub use layout::Attribution;

@@ -1,0 +1,135 @@
+//! The few `bpf(2)` commands aya 0.14 does not wrap: batch map lookup and creating an
+//! iterator link whose iterator files we open again every interval.
+
+use std::{
+    fs::File,
+    io,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+};
+
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_ITER_CREATE: libc::c_long = 33;
+const BPF_TRACE_ITER: u32 = 28;
+
+/// `union bpf_attr` is at most this large for the commands used here; the kernel
+/// requires every byte past the command's fields to be zero.
+const ATTR_SIZE: usize = 128;
+
+#[repr(C, align(8))]
+struct Attr([u8; ATTR_SIZE]);
+
+impl Attr {
+    fn new() -> Self {
+        Attr([0; ATTR_SIZE])
+    }
+
+    fn put_u32(&mut self, offset: usize, value: u32) {
+        self.0[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
+    }
+
+    fn put_u64(&mut self, offset: usize, value: u64) {
+        self.0[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
+    }
+
+    fn u32_at(&self, offset: usize) -> u32 {
+        u32::from_ne_bytes(self.0[offset..offset + 4].try_into().expect("4 bytes"))
+    }
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
+    // SAFETY: attr is a valid, writable bpf_attr-sized buffer for the whole call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.0.as_mut_ptr(),
+            ATTR_SIZE as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// `BPF_LINK_CREATE` for an `iter/` program with no iterator parameters.
+pub fn iter_link_create(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let mut attr = Attr::new();
+    attr.put_u32(0, prog.as_raw_fd() as u32); // link_create.prog_fd
+    attr.put_u32(8, BPF_TRACE_ITER); // link_create.attach_type
+    let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `BPF_ITER_CREATE`: a new iterator over the link; reading it runs the program.
+pub fn iter_create(link: BorrowedFd<'_>) -> io::Result<File> {
+    let mut attr = Attr::new();
+    attr.put_u32(0, link.as_raw_fd() as u32); // iter_create.link_fd
+    let fd = bpf(BPF_ITER_CREATE, &mut attr)?;
+    // SAFETY: as above.
+    Ok(unsafe { File::from_raw_fd(fd as i32) })
+}
+
+/// Reads every entry of a hash map with `BPF_MAP_LOOKUP_BATCH`, a few syscalls in all
+/// instead of two per entry. Keys and values must be plain-old-data.
+pub fn lookup_batch<K: Copy + Default, V: Copy + Default>(
+    map: BorrowedFd<'_>,
+    chunk: u32,
+    out: &mut Vec<(K, V)>,
+) -> io::Result<()> {
+    out.clear();
+    let chunk = chunk.max(1) as usize;
+    let mut keys = vec![K::default(); chunk];
+    let mut values = vec![V::default(); chunk];
+    // Hash maps use a u32 bucket index as the batch token.
+    let mut in_batch: u32 = 0;
+    let mut out_batch: u32 = 0;
+    let mut first = true;
+    loop {
+        let mut attr = Attr::new();
+        attr.put_u64(0, if first { 0 } else { &raw const in_batch as u64 }); // batch.in_batch
+        attr.put_u64(8, &raw mut out_batch as u64); // batch.out_batch
+        attr.put_u64(16, keys.as_mut_ptr() as u64); // batch.keys
+        attr.put_u64(24, values.as_mut_ptr() as u64); // batch.values
+        attr.put_u32(32, chunk as u32); // batch.count
+        attr.put_u32(36, map.as_fd().as_raw_fd() as u32); // batch.map_fd
+        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let got = attr.u32_at(32) as usize;
+        out.extend(
+            keys[..got]
+                .iter()
+                .copied()
+                .zip(values[..got].iter().copied()),
+        );
+        match result {
+            Ok(_) => {}
+            // ENOENT: the walk is complete (the last chunk may still carry entries).
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            // ENOSPC: a bucket holds more entries than `chunk`; retry with room for it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && got == 0 => {
+                return lookup_batch(map, (chunk * 2) as u32, out);
+            }
+            Err(e) => return Err(e),
+        }
+        in_batch = out_batch;
+        first = false;
+    }
+}
+
+/// (run count, run time ns) of a program, from `BPF_OBJ_GET_INFO_BY_FD` on a descriptor
+/// the daemon holds: unlike listing programs by id, this needs no capability, so it keeps
+/// working after the daemon drops its privileges.
+pub fn prog_run_stats(prog: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    // SAFETY: bpf_prog_info is plain data; all-zero is its documented initial state.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = Attr::new();
+    attr.put_u32(0, prog.as_raw_fd() as u32); // info.bpf_fd
+    attr.put_u32(4, std::mem::size_of_val(&info) as u32); // info.info_len
+    attr.put_u64(8, &raw mut info as u64); // info.info
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok((info.run_cnt, info.run_time_ns))
+}

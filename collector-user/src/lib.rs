@@ -1,0 +1,15 @@
+//! nomad-collector: per-allocation CPU and memory usage for Nomad client hosts.
+//!
+//! Data flows one way: `kernel` (eBPF), `cgroup` and `procfs` read raw counters;
+//! `collect` turns two samples into rates, assembles Nomad's shapes (`model`) and
+//! publishes them as an immutable `snapshot`; `api` serves snapshots over HTTP.
+pub mod api;
+pub mod cgroup;
+pub mod collect;
+pub mod config;
+pub mod fsutil;
+pub mod kernel;
+pub mod model;
+pub mod procfs;
+pub mod security;
+pub mod snapshot;

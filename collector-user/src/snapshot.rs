@@ -1,0 +1,299 @@
+//! The immutable result of one collection cycle, and the store the HTTP API reads it
+//! from. A request handler only ever touches a [`Snapshot`]: never /proc, never cgroupfs.
+//!
+//! Serialized bodies are built at most once per snapshot (on first request) and shared
+//! as `Bytes`, so any number of concurrent readers cost a reference-count increment.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::{
+    kernel::KernelStats,
+    model::{AllocResourceUsage, HostStats, TaskResourceUsage},
+};
+
+/// Which source produced the CPU figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum CpuSourceKind {
+    /// eBPF programs (sched_switch + task iterator).
+    #[default]
+    #[serde(rename = "ebpf")]
+    Ebpf,
+    /// /proc/<pid>/stat for every process (Nomad's method, and the fallback).
+    #[serde(rename = "procfs")]
+    Procfs,
+}
+
+impl CpuSourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CpuSourceKind::Ebpf => "ebpf",
+            CpuSourceKind::Procfs => "procfs",
+        }
+    }
+}
+
+/// How the collector itself is doing: served in `/v1/metrics`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Health {
+    pub source: CpuSourceKind,
+    /// Why eBPF is not in use (set when `source` is procfs because eBPF failed to load).
+    pub fallback_reason: Option<String>,
+    /// eBPF programs attached (0 on the /proc source).
+    pub programs_attached: u32,
+    pub kernel: KernelStats,
+    /// BPF run time and runs of the sched_switch program (needs kernel.bpf_stats_enabled).
+    pub sched_switch_run_time_ns: u64,
+    pub sched_switch_run_count: u64,
+    pub tracked_cgroups: u64,
+    pub max_tracked_cgroups: u64,
+    /// Cgroups that could not be tracked because the kernel map was full (cumulative).
+    pub tracked_cgroups_full: u64,
+    /// Threads sampled in the last cycle.
+    pub threads_sampled: u64,
+    /// Duration of the last collection cycle.
+    pub cycle_duration: Duration,
+    /// CPU time (user + system) the daemon's collection thread used in the last cycle.
+    pub cycle_cpu: Duration,
+    pub cycles: u64,
+    /// Cycles in which something failed (logged); the snapshot still holds what was read.
+    pub cycle_errors: u64,
+}
+
+/// Where an allocation was found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "Kind")]
+pub enum AllocOrigin {
+    /// Found in cgroupfs in one of Nomad's layouts.
+    Nomad {
+        #[serde(rename = "Layout")]
+        layout: String,
+    },
+    /// Declared in the configuration file.
+    Config,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TaskInfo {
+    pub name: String,
+    /// The task's cgroup directories (one per hierarchy it was found in); shared with
+    /// the collector's own record of the task rather than copied each cycle.
+    pub cgroups: Arc<[PathBuf]>,
+    /// PIDs given in the configuration (tasks without a cgroup).
+    pub pids: Vec<u32>,
+    /// CPU time (ns) attributed to the task since the collector began following it:
+    /// with eBPF every process that ran in its cgroups, exited ones included, kept across
+    /// daemon restarts by the pinned maps; on the /proc source only the processes alive
+    /// now.
+    pub cpu_total_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AllocInfo {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub origin: AllocOrigin,
+    pub job: Option<String>,
+    pub namespace: Option<String>,
+    pub task_group: Option<String>,
+    pub tasks: Vec<TaskInfo>,
+}
+
+/// Builds an allocation's per-task usage from the collector's compact figures.
+type BuildTasks = Box<dyn Fn() -> BTreeMap<String, TaskResourceUsage> + Send + Sync>;
+
+/// One allocation in a snapshot.
+///
+/// The collector hands over compact figures and a builder; Nomad's types (a map, two
+/// `Measured` lists and a string key per process) are built only when something reads
+/// them, at most once per snapshot. A host with ten thousand processes no one asks about
+/// then pays for no such structure at all.
+pub struct AllocEntry {
+    pub info: AllocInfo,
+    tasks: OnceLock<BTreeMap<String, TaskResourceUsage>>,
+    build: Option<BuildTasks>,
+    json: OnceLock<Bytes>,
+    json_pretty: OnceLock<Bytes>,
+}
+
+impl std::fmt::Debug for AllocEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AllocEntry")
+            .field("info", &self.info)
+            .field("built", &self.tasks.get().is_some())
+            .finish()
+    }
+}
+
+fn to_bytes<T: Serialize>(value: &T, pretty: bool) -> Bytes {
+    let result = if pretty {
+        serde_json::to_vec_pretty(value)
+    } else {
+        serde_json::to_vec(value)
+    };
+    // The model types are plain data (no maps with non-string keys, no failing
+    // Serialize impls): serialization cannot fail.
+    Bytes::from(result.expect("model types always serialize"))
+}
+
+impl AllocEntry {
+    pub fn new(info: AllocInfo, tasks: BTreeMap<String, TaskResourceUsage>) -> Self {
+        Self {
+            info,
+            tasks: OnceLock::from(tasks),
+            build: None,
+            json: OnceLock::new(),
+            json_pretty: OnceLock::new(),
+        }
+    }
+
+    /// An entry whose task usage is built by `build` on first use.
+    pub fn lazy(
+        info: AllocInfo,
+        build: impl Fn() -> BTreeMap<String, TaskResourceUsage> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            info,
+            tasks: OnceLock::new(),
+            build: Some(Box::new(build)),
+            json: OnceLock::new(),
+            json_pretty: OnceLock::new(),
+        }
+    }
+
+    /// Nomad's `TaskResourceUsage` of every task, by name.
+    pub fn tasks(&self) -> &BTreeMap<String, TaskResourceUsage> {
+        self.tasks
+            .get_or_init(|| self.build.as_ref().map(|build| build()).unwrap_or_default())
+    }
+
+    /// `AllocResourceUsage` of the allocation (or of one task, `?task=`).
+    pub fn usage(&self, only_task: Option<&str>) -> AllocResourceUsage {
+        AllocResourceUsage::from_tasks(self.tasks(), only_task)
+    }
+
+    /// The response body of `/v1/client/allocation/<ID>/stats`, built once per snapshot.
+    /// With a task filter it is built per request (rare, and still from memory).
+    pub fn stats_json(&self, only_task: Option<&str>, pretty: bool) -> Bytes {
+        if only_task.is_some() {
+            return to_bytes(&self.usage(only_task), pretty);
+        }
+        let slot = if pretty {
+            &self.json_pretty
+        } else {
+            &self.json
+        };
+        slot.get_or_init(|| to_bytes(&self.usage(None), pretty))
+            .clone()
+    }
+}
+
+/// The result of one collection cycle.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Unix time in ns when the cycle finished.
+    pub taken_at_unix_ns: i64,
+    pub allocations: HashMap<String, Arc<AllocEntry>>,
+    pub host: HostStats,
+    pub health: Health,
+    /// Bodies built on first use from this snapshot (see [`Snapshot::memo`]).
+    pub host_json: OnceLock<Bytes>,
+    pub metrics_json: OnceLock<Bytes>,
+    pub metrics_prometheus: OnceLock<Bytes>,
+    pub allocations_json: OnceLock<Bytes>,
+}
+
+impl Snapshot {
+    /// Returns the body in `slot`, building it with `build` the first time.
+    pub fn memo(slot: &OnceLock<Bytes>, build: impl FnOnce() -> Bytes) -> Bytes {
+        slot.get_or_init(build).clone()
+    }
+
+    pub fn json<T: Serialize>(value: &T, pretty: bool) -> Bytes {
+        to_bytes(value, pretty)
+    }
+}
+
+/// Holds the current snapshot; the collector swaps in a new one each cycle.
+pub struct SnapshotStore {
+    current: ArcSwap<Snapshot>,
+}
+
+impl Default for SnapshotStore {
+    fn default() -> Self {
+        Self::new(Snapshot::default())
+    }
+}
+
+impl SnapshotStore {
+    pub fn new(initial: Snapshot) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(initial),
+        }
+    }
+
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub fn store(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> AllocEntry {
+        let mut tasks = BTreeMap::new();
+        tasks.insert("web".to_owned(), TaskResourceUsage::default());
+        AllocEntry::new(
+            AllocInfo {
+                id: "x".into(),
+                origin: AllocOrigin::Config,
+                job: None,
+                namespace: None,
+                task_group: None,
+                tasks: vec![],
+            },
+            tasks,
+        )
+    }
+
+    #[test]
+    fn stats_body_is_built_once_and_shared() {
+        let entry = entry();
+        let a = entry.stats_json(None, false);
+        let b = entry.stats_json(None, false);
+        assert_eq!(
+            a.as_ptr(),
+            b.as_ptr(),
+            "second request must reuse the same buffer"
+        );
+        let pretty = entry.stats_json(None, true);
+        assert!(pretty.len() > a.len() && pretty.contains(&b'\n'));
+    }
+
+    #[test]
+    fn store_swaps_snapshots() {
+        let store = SnapshotStore::default();
+        let old = store.load();
+        store.store(Snapshot {
+            taken_at_unix_ns: 42,
+            ..Snapshot::default()
+        });
+        assert_eq!(old.taken_at_unix_ns, 0);
+        assert_eq!(store.load().taken_at_unix_ns, 42);
+    }
+}

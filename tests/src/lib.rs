@@ -1,0 +1,660 @@
+//! Helpers for the privileged integration tests: real cgroups and processes that are
+//! cleaned up even when a test fails, the daemon as a child process, and a root check
+//! that never lets CI skip.
+//!
+//! Tests panic rather than return `Result`, as aya's integration tests do.
+
+use std::{
+    ffi::CString,
+    fs,
+    io::{BufRead, BufReader},
+    os::unix::{fs::MetadataExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Once,
+    thread,
+    time::{Duration, Instant},
+};
+
+/// `Command` for the test workload binary (see `src/bin/burner.rs`). A macro so that
+/// `CARGO_BIN_EXE_burner`, set only for integration tests, is read at the call site.
+#[macro_export]
+macro_rules! burner {
+    () => {
+        std::process::Command::new(env!("CARGO_BIN_EXE_burner"))
+    };
+}
+
+pub const V1_ROOT: &str = "/sys/fs/cgroup";
+pub const V2_ROOT: &str = "/sys/fs/cgroup/unified";
+
+fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
+}
+
+/// Whether a privileged test can run here. Outside CI a non-root run skips (and says
+/// so); with `CI` set a test that cannot run fails.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if in_ci() {
+        panic!("{test}: CI is set but this test needs root (eBPF, cgroups); refusing to skip");
+    }
+    eprintln!("SKIPPED {test}: needs root");
+    false
+}
+
+/// Fails the test in CI (and skips it elsewhere) when eBPF cannot be loaded.
+pub fn ebpf_or_skip<T, E: std::fmt::Display>(test: &str, loaded: Result<T, E>) -> Option<T> {
+    match loaded {
+        Ok(value) => Some(value),
+        Err(e) if in_ci() => panic!("{test}: CI is set and eBPF failed to load: {e}"),
+        Err(e) => {
+            eprintln!("SKIPPED {test}: eBPF failed to load: {e}");
+            None
+        }
+    }
+}
+
+/// A random (v4-shaped) UUID, for allocation IDs.
+pub fn uuid() -> String {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    assert_eq!(n, 16);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// A cgroup made of one directory per hierarchy (e.g. `cpu`, `cpuacct`, `memory` at the
+/// same relative path, as Nomad does on cgroup v1). Dropping it kills every process in
+/// it, removes the directories, and removes the parents it created.
+pub struct Cgroup {
+    /// (hierarchy name, absolute directory); `unified` for cgroup v2.
+    dirs: Vec<(String, PathBuf)>,
+    /// Parent directories this guard created, removed (if empty) after `dirs`.
+    created_parents: Vec<PathBuf>,
+}
+
+fn hierarchy_root(hierarchy: &str) -> PathBuf {
+    if hierarchy == "unified" {
+        PathBuf::from(V2_ROOT)
+    } else {
+        Path::new(V1_ROOT).join(hierarchy)
+    }
+}
+
+impl Cgroup {
+    /// Creates `<hierarchy>/<rel>` in each hierarchy (`cpu`, `memory`, …, or `unified`).
+    pub fn create(hierarchies: &[&str], rel: &str) -> Cgroup {
+        let mut cgroup = Cgroup {
+            dirs: Vec::new(),
+            created_parents: Vec::new(),
+        };
+        for hierarchy in hierarchies {
+            let root = hierarchy_root(hierarchy);
+            let dir = root.join(rel);
+            let mut missing = Vec::new();
+            let mut p = dir.parent();
+            while let Some(parent) = p {
+                if parent == root || parent.exists() {
+                    break;
+                }
+                missing.push(parent.to_path_buf());
+                p = parent.parent();
+            }
+            for parent in missing.iter().rev() {
+                fs::create_dir(parent)
+                    .unwrap_or_else(|e| panic!("mkdir {}: {e}", parent.display()));
+                cgroup.created_parents.push(parent.clone());
+            }
+            fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+            cgroup.dirs.push((hierarchy.to_string(), dir));
+        }
+        cgroup
+    }
+
+    pub fn path(&self, hierarchy: &str) -> &Path {
+        &self
+            .dirs
+            .iter()
+            .find(|(h, _)| h == hierarchy)
+            .unwrap_or_else(|| panic!("cgroup has no {hierarchy} directory"))
+            .1
+    }
+
+    /// The cgroup id the kernel uses: the directory's inode number.
+    pub fn id(&self, hierarchy: &str) -> u64 {
+        fs::metadata(self.path(hierarchy)).unwrap().ino()
+    }
+
+    pub fn write(&self, hierarchy: &str, file: &str, value: &str) {
+        let path = self.path(hierarchy).join(file);
+        fs::write(&path, value).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
+    pub fn read(&self, hierarchy: &str, file: &str) -> String {
+        let path = self.path(hierarchy).join(file);
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    }
+
+    /// A `key value` line of a flat-keyed file such as `cpu.stat`.
+    pub fn stat(&self, hierarchy: &str, file: &str, key: &str) -> u64 {
+        self.read(hierarchy, file)
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{file} has no {key}"))
+    }
+
+    pub fn procs(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .dirs
+            .iter()
+            .flat_map(|(_, dir)| procs_of(dir))
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Starts `cmd` with the child already in every directory of this cgroup before it
+    /// executes its first instruction.
+    pub fn spawn(&self, cmd: &mut Command) -> ChildGuard {
+        let procs_files: Vec<CString> = self
+            .dirs
+            .iter()
+            .map(|(_, d)| {
+                CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes()).unwrap()
+            })
+            .collect();
+        // SAFETY: the closure only calls async-signal-safe libc functions on data
+        // prepared before fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                for file in &procs_files {
+                    let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    if written != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        ChildGuard(Some(cmd.spawn().expect("spawn workload")))
+    }
+}
+
+fn procs_of(dir: &Path) -> Vec<u32> {
+    let mut pids: Vec<u32> = fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    // Child cgroups the workload may have made.
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                pids.extend(procs_of(&e.path()));
+            }
+        }
+    }
+    pids
+}
+
+fn remove_cgroup_dir(dir: &Path) {
+    if !dir.exists() {
+        return;
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_dir(&e.path());
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for pid in procs_of(dir) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        match fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => {
+                eprintln!("warning: could not remove cgroup {}: {e}", dir.display());
+                return;
+            }
+            Err(_) => thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for (_, dir) in self.dirs.iter().rev() {
+            remove_cgroup_dir(dir);
+        }
+        for parent in self.created_parents.iter().rev() {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+}
+
+/// A child process killed and reaped on drop.
+pub struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().expect("child").id()
+    }
+
+    /// Waits for the child to exit and returns whether it succeeded.
+    pub fn wait(mut self) -> bool {
+        self.0
+            .take()
+            .expect("child")
+            .wait()
+            .expect("wait")
+            .success()
+    }
+
+    pub fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("child")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Total on-CPU ns of a thread group from `/proc/<pid>/task/*/schedstat`.
+pub fn schedstat_ns(pid: u32) -> u64 {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("process exists")
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+static BUILD_DAEMON: Once = Once::new();
+
+/// The daemon binary: `$NOMAD_COLLECTOR_BIN`, else built (debug) on first use.
+pub fn daemon_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("NOMAD_COLLECTOR_BIN") {
+        return PathBuf::from(path);
+    }
+    BUILD_DAEMON.call_once(|| {
+        let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(workspace_root())
+            .args([
+                "build",
+                "--quiet",
+                "--package",
+                "collector-user",
+                "--bin",
+                "nomad-collector",
+            ])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the daemon failed");
+    });
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    target.join("debug").join("nomad-collector")
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The daemon running as a child process, as a user would start it. Stopped with
+/// SIGTERM (then SIGKILL) on drop; its log is kept and printed if the test failed.
+pub struct Daemon {
+    child: Option<Child>,
+    pub addr: String,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon on a free loopback port with `args` and waits until it serves.
+    pub fn start(args: &[&str]) -> Daemon {
+        Self::start_as(None, args)
+    }
+
+    /// Like [`Daemon::start`], as user `uid` (group `uid` too) instead of root.
+    pub fn start_as(uid: Option<u32>, args: &[&str]) -> Daemon {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::env::temp_dir().join(format!("nomad-collector-test-{port}.log"));
+        let log_file = fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(daemon_binary());
+        cmd.args(["--listen", &addr])
+            .args(args)
+            .env("RUST_LOG", "info,collector_user=debug")
+            .stdout(Stdio::from(log_file.try_clone().unwrap()))
+            .stderr(Stdio::from(log_file));
+        if let Some(uid) = uid {
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(uid) != 0
+                        || libc::setuid(uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().expect("start the daemon");
+        let mut daemon = Daemon {
+            child: Some(child),
+            addr,
+            log,
+        };
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited early ({status}):\n{}", self.log_text());
+            }
+            if ureq::get(&self.url("/v1/agent/health")).call().is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("daemon did not start serving:\n{}", self.log_text());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// GET `path`: (status, body). Never fails on 4xx/5xx.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        match ureq::get(&self.url(path)).call() {
+            Ok(resp) => (resp.status(), resp.into_string().unwrap()),
+            Err(ureq::Error::Status(code, resp)) => (code, resp.into_string().unwrap_or_default()),
+            Err(e) => panic!("GET {path}: {e}\n{}", self.log_text()),
+        }
+    }
+
+    /// GET with an ACL token in `X-Nomad-Token`.
+    pub fn get_with_token(&self, path: &str, token: &str) -> (u16, String) {
+        match ureq::get(&self.url(path))
+            .set("X-Nomad-Token", token)
+            .call()
+        {
+            Ok(resp) => (resp.status(), resp.into_string().unwrap()),
+            Err(ureq::Error::Status(code, resp)) => (code, resp.into_string().unwrap_or_default()),
+            Err(e) => panic!("GET {path}: {e}\n{}", self.log_text()),
+        }
+    }
+
+    /// A value of the Prometheus exposition: the first sample of `name` whose labels
+    /// contain every `label="value"` given.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let (status, body) = self.get("/v1/metrics?format=prometheus");
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    /// `CpuTotalNs` of a task from `/v1/client/allocations`.
+    pub fn task_cpu_total_ns(&self, alloc: &str, task: &str) -> Option<u64> {
+        let list = self.get_json("/v1/client/allocations");
+        list.as_array()?.iter().find(|a| a["ID"] == alloc)?["Tasks"]
+            .as_array()?
+            .iter()
+            .find(|t| t["Name"] == task)?["CpuTotalNs"]
+            .as_u64()
+    }
+
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Lines of the log that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        fs::File::open(&self.log)
+            .map(|f| {
+                BufReader::new(f)
+                    .lines()
+                    .map_while(Result::ok)
+                    .filter(|l| l.contains(needle))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.pid() as i32, signal) };
+    }
+
+    /// Stops the daemon with SIGTERM and returns whether it exited cleanly in time.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        // SAFETY: as above.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let clean = self.stop();
+        if thread::panicking() || !clean {
+            eprintln!(
+                "---- daemon log ({}) ----\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+        let _ = fs::remove_file(&self.log);
+    }
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A configuration file in a temporary directory, removed on drop.
+pub struct ConfigFile {
+    pub path: PathBuf,
+}
+
+impl ConfigFile {
+    pub fn new(toml: &str) -> ConfigFile {
+        let path = std::env::temp_dir().join(format!("nomad-collector-test-{}.toml", uuid()));
+        fs::write(&path, toml).unwrap();
+        ConfigFile { path }
+    }
+
+    pub fn rewrite(&self, toml: &str) {
+        fs::write(&self.path, toml).unwrap();
+    }
+
+    pub fn arg(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// eBPF pins under a test-only folder on bpffs; `--uninstall`ed on drop so no program
+/// stays attached after the test, even when it fails.
+pub struct Pins {
+    pub root: String,
+}
+
+impl Pins {
+    pub fn new() -> Pins {
+        Pins {
+            root: format!("/sys/fs/bpf/nomad-collector-test-{}", &uuid()[..8]),
+        }
+    }
+
+    /// Runs `nomad-collector --uninstall` on this folder; true when it succeeded.
+    pub fn uninstall(&self) -> bool {
+        Command::new(daemon_binary())
+            .args(["--uninstall", "--pin-root", &self.root])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Default for Pins {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        self.uninstall();
+    }
+}
+
+/// Ids of the loaded programs named `name` (as the kernel truncates names: 15 bytes).
+pub fn programs_named(name: &str) -> Vec<u32> {
+    aya::programs::loaded_programs()
+        .flatten()
+        .filter(|p| p.name_as_str() == Some(name))
+        .map(|p| p.id())
+        .collect()
+}
+
+/// A task's `Percent` averaged over `readings` consecutive snapshots, and the true CPU
+/// rate of its cgroup (`cpuacct.usage`) over the same window, in percent of one core.
+/// Comparing the two holds on a busy machine, where "a busy loop reads 100%" does not.
+pub fn percent_and_truth(
+    daemon: &Daemon,
+    alloc: &str,
+    task: &str,
+    cgroup: &Cgroup,
+    readings: usize,
+) -> (f64, f64) {
+    let usage = || -> u64 {
+        cgroup
+            .read("cpuacct", "cpuacct.usage")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let path = format!("/v1/client/allocation/{alloc}/stats");
+    // (snapshot timestamp, Percent) of the next snapshot newer than `after`.
+    let next = |after: i64| -> (i64, f64) {
+        eventually(Duration::from_secs(10), || {
+            let (status, body) = daemon.get(&path);
+            if status != 200 {
+                return None;
+            }
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let t = &v["Tasks"][task];
+            let ts = t["Timestamp"].as_i64()?;
+            (ts > after).then(|| {
+                (
+                    ts,
+                    t["ResourceUsage"]["CpuStats"]["Percent"].as_f64().unwrap(),
+                )
+            })
+        })
+        .expect("the daemon publishes new snapshots")
+    };
+    let (mut ts, _) = next(0);
+    (ts, _) = next(ts);
+    let (first_ts, first_usage) = (ts, usage());
+    let mut sum = 0.0;
+    for _ in 0..readings {
+        let (t, p) = next(ts);
+        ts = t;
+        sum += p;
+    }
+    let truth = (usage() - first_usage) as f64 / (ts - first_ts) as f64 * 100.0;
+    (sum / readings as f64, truth)
+}

@@ -1,0 +1,647 @@
+//! Reliability and security on the real kernel: restarts, full maps, PID reuse, vanishing
+//! cgroups, lost privileges, configuration reload, ACL. (Issue: reliability.)
+
+use std::{
+    fs,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    burner, eventually, percent_and_truth, privileged, programs_named, uuid, Cgroup, ConfigFile,
+    Daemon, Pins,
+};
+use serde_json::Value;
+
+const V1: &[&str] = &["cpu", "cpuacct", "memory"];
+
+fn stats(daemon: &Daemon, alloc: &str) -> Option<Value> {
+    let (status, body) = daemon.get(&format!("/v1/client/allocation/{alloc}/stats"));
+    (status == 200).then(|| serde_json::from_str(&body).expect("JSON"))
+}
+
+fn task_percent(v: &Value, task: &str) -> f64 {
+    v["Tasks"][task]["ResourceUsage"]["CpuStats"]["Percent"]
+        .as_f64()
+        .unwrap()
+}
+
+fn cpuacct_usage(cgroup: &Cgroup) -> u64 {
+    cgroup
+        .read("cpuacct", "cpuacct.usage")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn stop_process(pid: u32, signal: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid as i32, signal) };
+}
+
+/// Waits until the daemon has taken `cycles` further cycles.
+fn wait_cycles(daemon: &Daemon, cycles: f64) {
+    let start = daemon.metric("nomad_collector_cycles", &[]).unwrap_or(0.0);
+    eventually(Duration::from_secs(20), || {
+        (daemon.metric("nomad_collector_cycles", &[])? >= start + cycles).then_some(())
+    })
+    .expect("the daemon keeps cycling");
+}
+
+#[test]
+fn a_restart_loses_no_cpu_time() {
+    if !privileged("a_restart_loses_no_cpu_time") {
+        return;
+    }
+    let pins = Pins::new();
+    let alloc = uuid();
+    let cgroup = Cgroup::create(V1, &format!("nomad/{alloc}.work"));
+    let spinner = cgroup.spawn(burner!().args(["spin", "1", "120"]));
+    let args = ["--interval", "500ms", "--pin-root", pins.root.as_str()];
+    let mut first = Daemon::start(&args);
+    eventually(Duration::from_secs(10), || stats(&first, &alloc)).expect("task found");
+    thread::sleep(Duration::from_secs(2));
+    // Freeze the workload so that the daemon's total and the cgroup's own counter are
+    // read at a standstill.
+    stop_process(spinner.pid(), libc::SIGSTOP);
+    wait_cycles(&first, 2.0);
+    let before = first.task_cpu_total_ns(&alloc, "work").unwrap();
+    let usage_before = cpuacct_usage(&cgroup);
+    assert!(
+        before > 1_000_000_000,
+        "counted {before} ns before the restart"
+    );
+    let program = programs_named("sched_switch");
+    assert!(first.stop(), "clean stop");
+    assert_eq!(
+        programs_named("sched_switch"),
+        program,
+        "the pinned program stays loaded while the daemon is down"
+    );
+
+    // While the daemon is down: the live process runs again, and short children come and go.
+    stop_process(spinner.pid(), libc::SIGCONT);
+    let churn = cgroup.spawn(burner!().args(["churn", "50", "20"]));
+    assert!(churn.wait());
+    thread::sleep(Duration::from_secs(1));
+    stop_process(spinner.pid(), libc::SIGSTOP);
+
+    let second = Daemon::start(&args);
+    assert!(
+        !second
+            .log_lines("kept the pinned sched_switch program")
+            .is_empty(),
+        "the restarted daemon reuses the pinned program:\n{}",
+        second.log_text()
+    );
+    wait_cycles(&second, 2.0);
+    let after = second.task_cpu_total_ns(&alloc, "work").unwrap();
+    let usage_after = cpuacct_usage(&cgroup);
+    let counted = after - before;
+    let truth = usage_after - usage_before;
+    assert!(
+        truth > 1_500_000_000,
+        "the workload ran while the daemon was down: {truth} ns"
+    );
+    let error = (counted as f64 - truth as f64).abs() / truth as f64;
+    assert!(
+        error < 0.05,
+        "across the restart the daemon counted {counted} ns, the cgroup {truth} ns ({:.1}% apart)",
+        error * 100.0
+    );
+    // Percent is right again one interval after start, with no spike on the way.
+    stop_process(spinner.pid(), libc::SIGCONT);
+    let mut readings = Vec::new();
+    for _ in 0..6 {
+        thread::sleep(Duration::from_millis(500));
+        readings.push(task_percent(&stats(&second, &alloc).unwrap(), "work"));
+    }
+    assert!(
+        readings.iter().all(|p| *p <= 106.0),
+        "spike after restart: {readings:?}"
+    );
+    let (mean, truth) = percent_and_truth(&second, &alloc, "work", &cgroup, 4);
+    assert!(
+        truth > 50.0 && (mean - truth).abs() <= 8.0,
+        "after restart the task reads {mean}%, its cgroup used {truth}% ({readings:?})"
+    );
+
+    drop(second);
+    assert!(pins.uninstall(), "--uninstall succeeds");
+    assert!(!std::path::Path::new(&pins.root).exists(), "pins removed");
+    assert!(
+        eventually(Duration::from_secs(5), || programs_named("sched_switch")
+            .is_empty()
+            .then_some(()))
+        .is_some(),
+        "uninstall detaches the program"
+    );
+}
+
+#[test]
+fn incompatible_pins_are_replaced_with_a_clear_message() {
+    if !privileged("incompatible_pins_are_replaced_with_a_clear_message") {
+        return;
+    }
+    let pins = Pins::new();
+    // A first run creates the folder (and mounts bpffs if needed).
+    let small = ConfigFile::new("[ebpf]\nmax_tracked_cgroups = 64\n");
+    let mut daemon = Daemon::start(&["--config", small.arg(), "--pin-root", &pins.root]);
+    assert!(daemon.stop());
+    // Pins of another layout version, and a map size that no longer matches.
+    let stale = format!("{}/v0", pins.root);
+    fs::create_dir(&stale).unwrap();
+    let large = ConfigFile::new("[ebpf]\nmax_tracked_cgroups = 128\n");
+    let daemon = Daemon::start(&["--config", large.arg(), "--pin-root", &pins.root]);
+    assert!(
+        !std::path::Path::new(&stale).exists(),
+        "old-version pins removed"
+    );
+    assert!(
+        !daemon
+            .log_lines("incompatible collector version")
+            .is_empty()
+            && !daemon
+                .log_lines("does not match this configuration")
+                .is_empty(),
+        "replacements are logged:\n{}",
+        daemon.log_text()
+    );
+    assert_eq!(
+        daemon.metric("nomad_collector_source", &[("source", "ebpf")]),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn a_full_map_is_counted_and_nobody_gets_anothers_figures() {
+    if !privileged("a_full_map_is_counted_and_nobody_gets_anothers_figures") {
+        return;
+    }
+    let alloc = uuid();
+    let tiny = ConfigFile::new("interval = \"500ms\"\n[ebpf]\nmax_tracked_cgroups = 2\n");
+    let groups: Vec<Cgroup> = (0..4)
+        .map(|i| Cgroup::create(V1, &format!("nomad/{alloc}.t{i}")))
+        .collect();
+    let busy = groups[0].spawn(burner!().args(["spin", "1", "60"]));
+    let sleepers: Vec<_> = groups[1..]
+        .iter()
+        .map(|g| g.spawn(burner!().args(["sleep", "60"])))
+        .collect();
+    let daemon = Daemon::start(&["--config", tiny.arg(), "--no-pin"]);
+    eventually(Duration::from_secs(10), || stats(&daemon, &alloc)).unwrap();
+    thread::sleep(Duration::from_secs(3));
+    let v = stats(&daemon, &alloc).unwrap();
+    assert_eq!(
+        v["Tasks"].as_object().unwrap().len(),
+        4,
+        "every task is served: {v}"
+    );
+    let mut pids = vec![busy.pid()];
+    pids.extend(sleepers.iter().map(|s| s.pid()));
+    for (i, pid) in pids.iter().enumerate() {
+        let task = &v["Tasks"][format!("t{i}")];
+        let keys: Vec<&String> = task["Pids"].as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            vec![&pid.to_string()],
+            "t{i} shows exactly its own process"
+        );
+    }
+    let (busy_percent, truth) = percent_and_truth(&daemon, &alloc, "t0", &groups[0], 6);
+    assert!(truth > 50.0, "the busy task ran: {truth}%");
+    assert!(
+        (busy_percent - truth).abs() <= 8.0,
+        "busy task reads {busy_percent}%, its cgroup used {truth}%"
+    );
+    for i in 1..4 {
+        let p = task_percent(&v, &format!("t{i}"));
+        assert!(p <= 2.0, "sleeping task t{i} reads {p}%");
+    }
+    assert_eq!(
+        daemon.metric("nomad_collector_tracked_cgroups", &[]),
+        Some(2.0)
+    );
+    assert!(
+        daemon
+            .metric("nomad_collector_tracked_cgroups_full", &[])
+            .unwrap()
+            >= 1.0
+    );
+    assert!(
+        !daemon.log_lines("tracked cgroups is full").is_empty(),
+        "overflow is logged"
+    );
+}
+
+#[test]
+fn a_reused_pid_starts_from_zero_in_the_api() {
+    if !privileged("a_reused_pid_starts_from_zero_in_the_api") {
+        return;
+    }
+    let alloc = uuid();
+    let cgroup = Cgroup::create(V1, &format!("nomad/{alloc}.reuse"));
+    let daemon = Daemon::start(&["--interval", "500ms", "--no-pin"]);
+    let busy = cgroup.spawn(burner!().args(["spin", "1", "3"]));
+    let pid = busy.pid();
+    eventually(Duration::from_secs(10), || {
+        let v = stats(&daemon, &alloc)?;
+        let p = v["Tasks"]["reuse"]["Pids"][pid.to_string()]["CpuStats"]["Percent"].as_f64()?;
+        (p > 50.0).then_some(())
+    })
+    .expect("the busy process is seen busy");
+    assert!(busy.wait());
+    let mut reused = None;
+    for _ in 0..50 {
+        fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let child = cgroup.spawn(burner!().args(["sleep", "30"]));
+        if child.pid() == pid {
+            reused = Some(child);
+            break;
+        }
+    }
+    let _sleeper = reused.expect("got the PID back");
+    let reused_at = now_unix_ns();
+    let mut checked = 0;
+    for _ in 0..12 {
+        thread::sleep(Duration::from_millis(300));
+        let v = stats(&daemon, &alloc).unwrap();
+        // Only snapshots taken after the reuse speak about the new process.
+        if v["Tasks"]["reuse"]["Timestamp"].as_i64().unwrap() <= reused_at {
+            continue;
+        }
+        let p = v["Tasks"]["reuse"]["Pids"][pid.to_string()]["CpuStats"]["Percent"]
+            .as_f64()
+            .expect("the new process is listed under the reused PID");
+        assert!(
+            p <= 1.0,
+            "the sleeping process behind the reused PID reads {p}%: {}",
+            v["Tasks"]["reuse"]
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5, "too few fresh snapshots ({checked})");
+}
+
+fn now_unix_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
+#[test]
+fn vanishing_processes_and_cgroups_never_cause_errors() {
+    if !privileged("vanishing_processes_and_cgroups_never_cause_errors") {
+        return;
+    }
+    let daemon = Arc::new(Daemon::start(&["--interval", "200ms", "--no-pin"]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let current = Arc::new(std::sync::Mutex::new(uuid()));
+    let bad = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (daemon, stop, current, bad) =
+                (daemon.clone(), stop.clone(), current.clone(), bad.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let alloc = current.lock().unwrap().clone();
+                    for path in [
+                        format!("/v1/client/allocation/{alloc}/stats"),
+                        "/v1/metrics?format=prometheus".to_owned(),
+                        "/v1/client/allocations".to_owned(),
+                    ] {
+                        let (status, _) = daemon.get(&path);
+                        if !(status == 200 || status == 404) {
+                            bad.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let mut rounds = 0;
+    while Instant::now() < deadline {
+        let alloc = uuid();
+        *current.lock().unwrap() = alloc.clone();
+        let cgroup = Cgroup::create(V1, &format!("nomad/{alloc}.flash"));
+        let children: Vec<_> = (0..3)
+            .map(|_| cgroup.spawn(burner!().args(["churn", "3", "5"])))
+            .collect();
+        thread::sleep(Duration::from_millis(150 + (rounds % 5) * 60));
+        drop(children);
+        drop(cgroup); // kills what is left and removes the cgroups mid-cycle
+        rounds += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert_eq!(
+        bad.load(Ordering::Relaxed),
+        0,
+        "a request got neither 200 nor 404"
+    );
+    assert!(rounds > 10);
+    assert_eq!(daemon.get("/v1/agent/health").0, 200, "daemon alive");
+    let log = daemon.log_text();
+    assert!(
+        !log.contains(" ERROR ") && !log.contains("panicked"),
+        "errors logged:\n{log}"
+    );
+}
+
+#[test]
+fn without_privileges_it_falls_back_to_proc_and_says_so() {
+    if !privileged("without_privileges_it_falls_back_to_proc_and_says_so") {
+        return;
+    }
+    let alloc = uuid();
+    let cgroup = Cgroup::create(V1, &format!("nomad/{alloc}.web"));
+    let spin = cgroup.spawn(burner!().args(["spin", "1", "60"]));
+    // nobody: no CAP_BPF, no CAP_SYS_ADMIN; eBPF cannot load.
+    let daemon = Daemon::start_as(Some(65534), &["--interval", "500ms"]);
+    assert!(
+        !daemon.log_lines("eBPF COULD NOT BE LOADED").is_empty(),
+        "the fallback is logged loudly:\n{}",
+        daemon.log_text()
+    );
+    assert_eq!(
+        daemon.metric("nomad_collector_source", &[("source", "procfs")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        daemon.metric("nomad_collector_programs_attached", &[]),
+        Some(0.0)
+    );
+    eventually(Duration::from_secs(10), || stats(&daemon, &alloc)).unwrap();
+    let (p, truth) = percent_and_truth(&daemon, &alloc, "web", &cgroup, 4);
+    assert!(
+        truth > 50.0 && (p - truth).abs() <= 8.0,
+        "the /proc source reads {p}% for a busy loop whose cgroup used {truth}%"
+    );
+    let v = stats(&daemon, &alloc).unwrap();
+    assert!(
+        v["Tasks"]["web"]["Pids"]
+            .get(spin.pid().to_string())
+            .is_some(),
+        "the busy process is listed: {v}"
+    );
+}
+
+fn status_field(pid: u32, tid: &str, field: &str) -> String {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_owned()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn after_start_up_no_capability_is_left_and_the_user_can_change() {
+    if !privileged("after_start_up_no_capability_is_left_and_the_user_can_change") {
+        return;
+    }
+    let alloc = uuid();
+    let cgroup = Cgroup::create(V1, &format!("nomad/{alloc}.web"));
+    let _spin = cgroup.spawn(burner!().args(["spin", "1", "60"]));
+    let config = ConfigFile::new("interval = \"500ms\"\n[security]\nuser = \"nobody\"\n");
+    let daemon = Daemon::start(&["--config", config.arg(), "--no-pin"]);
+    let pid = daemon.pid();
+    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let tid = task.file_name().into_string().unwrap();
+        for field in ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+            let value = status_field(pid, &tid, field);
+            assert!(
+                value.trim_start_matches('0').is_empty(),
+                "thread {tid} {field} {value}"
+            );
+        }
+        assert_eq!(status_field(pid, &tid, "NoNewPrivs:"), "1");
+        assert!(
+            status_field(pid, &tid, "Uid:").starts_with("65534"),
+            "runs as nobody"
+        );
+    }
+    // Still measuring with eBPF through the descriptors it kept.
+    assert_eq!(
+        daemon.metric("nomad_collector_source", &[("source", "ebpf")]),
+        Some(1.0)
+    );
+    eventually(Duration::from_secs(10), || stats(&daemon, &alloc)).unwrap();
+    let (p, truth) = percent_and_truth(&daemon, &alloc, "web", &cgroup, 4);
+    assert!(
+        truth > 50.0 && (p - truth).abs() <= 8.0,
+        "after dropping privileges the busy task reads {p}%, its cgroup used {truth}%"
+    );
+}
+
+fn reload_config(token: &str, alloc: &str, cgroup: &str, extra: &str) -> String {
+    format!(
+        r#"interval = "500ms"
+[acl]
+tokens = ["{token}"]
+[[allocation]]
+id = "{alloc}"
+job = "reload-test"
+[[allocation.task]]
+name = "static"
+cgroup = "{cgroup}"
+{extra}"#
+    )
+}
+
+/// `CpuTotalNs` of the `static` task, through the ACL.
+fn cpu_total(daemon: &Daemon, token: &str, alloc: &str) -> u64 {
+    let (status, body) = daemon.get_with_token("/v1/client/allocations", token);
+    assert_eq!(status, 200, "{body}");
+    let list: Value = serde_json::from_str(&body).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["ID"] == alloc)
+        .and_then(|a| a["Tasks"][0]["CpuTotalNs"].as_u64())
+        .expect("the static task is listed")
+}
+
+#[test]
+fn sighup_reloads_and_rejects_a_bad_configuration() {
+    if !privileged("sighup_reloads_and_rejects_a_bad_configuration") {
+        return;
+    }
+    let (alloc, other) = (uuid(), uuid());
+    // Outside Nomad's layout: found only because the configuration names it.
+    let cgroup = Cgroup::create(
+        &["cpuacct", "memory"],
+        &format!("collector-test-static/{alloc}"),
+    );
+    let second = Cgroup::create(
+        &["cpuacct", "memory"],
+        &format!("collector-test-static/{other}"),
+    );
+    let _spin = cgroup.spawn(burner!().args(["spin", "1", "60"]));
+    let _sleep = second.spawn(burner!().args(["sleep", "60"]));
+    let path = cgroup.path("cpuacct").to_str().unwrap().to_owned();
+    let path2 = second.path("memory").to_str().unwrap().to_owned();
+    let (one, two) = ("token-one-1234567", "token-two-7654321");
+    let config = ConfigFile::new(&reload_config(one, &alloc, &path, ""));
+    let daemon = Daemon::start(&["--config", config.arg(), "--no-pin"]);
+    let stats_path = format!("/v1/client/allocation/{alloc}/stats");
+    eventually(Duration::from_secs(10), || {
+        (daemon.get_with_token(&stats_path, one).0 == 200).then_some(())
+    })
+    .expect("static allocation served");
+
+    // ACL on: every route but liveness needs a token.
+    for route in [
+        stats_path.as_str(),
+        "/v1/client/stats",
+        "/v1/metrics",
+        "/v1/client/allocations",
+    ] {
+        let (status, body) = daemon.get(route);
+        assert_eq!(
+            (status, body.as_str()),
+            (403, "Permission denied"),
+            "{route} without a token"
+        );
+        let (status, body) = daemon.get_with_token(route, "not-a-real-token");
+        assert_eq!(
+            (status, body.as_str()),
+            (403, "ACL token not found"),
+            "{route}"
+        );
+        assert_eq!(
+            daemon.get_with_token(route, one).0,
+            200,
+            "{route} with the token"
+        );
+    }
+    assert_eq!(daemon.get("/v1/agent/health").0, 200);
+    thread::sleep(Duration::from_secs(2));
+
+    let total_before = cpu_total(&daemon, one, &alloc);
+    // A valid new configuration: new token, one more allocation.
+    let extra = format!("[[allocation]]\nid = \"{other}\"\n[[allocation.task]]\nname = \"second\"\ncgroup = \"{path2}\"\n");
+    config.rewrite(&reload_config(two, &alloc, &path, &extra));
+    daemon.signal(libc::SIGHUP);
+    eventually(Duration::from_secs(10), || {
+        (daemon
+            .get_with_token(&format!("/v1/client/allocation/{other}/stats"), two)
+            .0
+            == 200)
+            .then_some(())
+    })
+    .expect("the new allocation appears after SIGHUP");
+    assert_eq!(
+        daemon.get_with_token(&stats_path, one).0,
+        403,
+        "old token revoked"
+    );
+    // Collected state kept: the busy task's rate does not restart from a first sample
+    // (which would read 0) and its cumulative CPU continues.
+    for _ in 0..4 {
+        let (_, body) = daemon.get_with_token(&stats_path, two);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let p = task_percent(&v, "static");
+        assert!(
+            p > 30.0,
+            "after reload the busy task reads {p}%: its state was lost"
+        );
+        thread::sleep(Duration::from_millis(300));
+    }
+    let total_after = cpu_total(&daemon, two, &alloc);
+    assert!(
+        total_after > total_before,
+        "cumulative CPU went from {total_before} to {total_after} ns across the reload"
+    );
+
+    // An invalid configuration is rejected as a whole.
+    config.rewrite("interval = \"not a duration\"\n");
+    daemon.signal(libc::SIGHUP);
+    eventually(Duration::from_secs(5), || {
+        (!daemon.log_lines("configuration reload rejected").is_empty()).then_some(())
+    })
+    .expect("rejection logged");
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        daemon.get_with_token(&stats_path, two).0,
+        200,
+        "previous configuration in force"
+    );
+}
+
+#[test]
+fn two_hundred_concurrent_clients_get_answers_while_collecting_a_thousand_processes() {
+    if !privileged(
+        "two_hundred_concurrent_clients_get_answers_while_collecting_a_thousand_processes",
+    ) {
+        return;
+    }
+    let alloc = uuid();
+    let groups: Vec<Cgroup> = (0..100)
+        .map(|i| Cgroup::create(V1, &format!("nomad/{alloc}.t{i}")))
+        .collect();
+    let _load: Vec<_> = groups
+        .iter()
+        .map(|g| g.spawn(burner!().args(["fanout", "10", "120"])))
+        .collect();
+    let daemon = Arc::new(Daemon::start(&["--interval", "1s", "--no-pin"]));
+    eventually(Duration::from_secs(20), || {
+        let v = stats(&daemon, &alloc)?;
+        let pids: usize = v["Tasks"]
+            .as_object()?
+            .values()
+            .map(|t| t["Pids"].as_object().map_or(0, |p| p.len()))
+            .sum();
+        (pids >= 1000).then_some(())
+    })
+    .expect("1,000+ processes collected");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let clients: Vec<_> = (0..200)
+        .map(|_| {
+            let (daemon, alloc) = (daemon.clone(), alloc.clone());
+            thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(10))
+                    .build();
+                let url = daemon.url(&format!("/v1/client/allocation/{alloc}/stats"));
+                let mut latencies = Vec::new();
+                let mut failures = 0u32;
+                while Instant::now() < deadline {
+                    let start = Instant::now();
+                    match agent.get(&url).call() {
+                        Ok(r) if r.status() == 200 => {
+                            let _ = r.into_string();
+                            latencies.push(start.elapsed());
+                        }
+                        _ => failures += 1,
+                    }
+                }
+                (latencies, failures)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut failures = 0;
+    for c in clients {
+        let (l, f) = c.join().unwrap();
+        latencies.extend(l);
+        failures += f;
+    }
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    eprintln!(
+        "{} requests, p50 {:?}, p99 {:?}",
+        latencies.len(),
+        latencies[latencies.len() / 2],
+        p99
+    );
+    assert_eq!(failures, 0, "requests failed under load");
+    assert!(p99 < Duration::from_secs(2), "p99 {p99:?}");
+}

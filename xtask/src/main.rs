@@ -1,0 +1,102 @@
+//! Project tasks: `cargo xtask run`, `cargo xtask test`, `cargo xtask setup`,
+//! `cargo xtask bench`, `cargo xtask fuzz`.
+//!
+//! Every task first installs what a fresh machine lacks (the nightly `rust-src`
+//! component, `bpf-linker`, Debian packages), printing what it does.
+
+mod bench;
+mod fuzz;
+mod setup;
+mod shell;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "nomad-collector project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the toolchain pieces and packages the build and tests need.
+    Setup,
+    /// Build the daemon (eBPF + userspace, release) and run it as root.
+    Run {
+        /// Build in debug mode instead of release.
+        #[arg(long)]
+        debug: bool,
+        /// Arguments for the daemon, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run every check and test: fmt, clippy (user side and eBPF side), unit tests, and
+    /// the privileged integration tests (real eBPF, real cgroups).
+    Test {
+        /// Only run tests whose name contains this.
+        filter: Option<String>,
+        /// Skip fmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+    },
+    /// Build the cargo-fuzz targets of fuzz/ (nightly) and run each for a while; fails
+    /// on a crash, naming the input. Installs cargo-fuzz if missing.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Sanitizer: none (default; the fuzzed code is safe Rust) or address.
+        #[arg(long, default_value = "none", value_parser = ["none", "address"])]
+        sanitizer: String,
+        /// Targets to run (default: all; `cargo +nightly fuzz list` names them).
+        targets: Vec<String>,
+    },
+    /// Measure the daemon (eBPF against Nomad's /proc method) on real Nomad-style
+    /// cgroups; writes BENCHMARKS.md and benchmarks/*.svg. Needs root.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::ensure(&setup::Needs::all()),
+        Command::Run { debug, args } => run(debug, &args),
+        Command::Test { filter, no_lint } => test::run(filter.as_deref(), !no_lint),
+        Command::Fuzz {
+            seconds,
+            sanitizer,
+            targets,
+        } => fuzz::run(&fuzz::Options {
+            seconds,
+            targets,
+            sanitizer,
+        }),
+        Command::Bench(args) => bench::run(args),
+    }
+}
+
+fn run(debug: bool, args: &[String]) -> Result<()> {
+    setup::ensure(&setup::Needs::build())?;
+    let mut build = shell::cargo();
+    build.args([
+        "build",
+        "--package",
+        "collector-user",
+        "--bin",
+        "nomad-collector",
+    ]);
+    if !debug {
+        build.arg("--release");
+    }
+    shell::step(
+        "building the daemon (eBPF programs + userspace)",
+        &mut build,
+    )?;
+    let binary = shell::workspace_root()
+        .join("target")
+        .join(if debug { "debug" } else { "release" })
+        .join("nomad-collector");
+    shell::exec_as_root(&binary, args)
+}

@@ -1,0 +1,97 @@
+//! `cargo xtask test`: every check and test the project has, in one command.
+
+use std::process::Command;
+
+use anyhow::{bail, Result};
+
+use crate::{
+    setup,
+    shell::{announce, cargo, is_root, step, workspace_root},
+};
+
+pub fn run(filter: Option<&str>, lint: bool) -> Result<()> {
+    setup::ensure(&setup::Needs::test())?;
+    let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+    if lint {
+        step(
+            "cargo fmt --check",
+            cargo().args(["fmt", "--all", "--", "--check"]),
+        )?;
+        step(
+            "clippy, user side (-D warnings)",
+            cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]),
+        )?;
+        step(
+            "clippy, eBPF side (-D warnings)",
+            Command::new("cargo").current_dir(workspace_root()).args([
+                "+nightly",
+                "clippy",
+                "--package",
+                "collector-ebpf",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--bins",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )?;
+    }
+    let mut unit = cargo();
+    unit.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "collector-ebpf",
+        "--exclude",
+        "integration-tests",
+    ]);
+    if let Some(filter) = filter {
+        unit.arg(filter);
+    }
+    step("unit tests", &mut unit)?;
+
+    if !is_root() {
+        if in_ci {
+            bail!("CI is set but not running as root: the privileged eBPF tests cannot run");
+        }
+        announce("not root: the privileged integration tests will report themselves skipped");
+    }
+    step(
+        "building the daemon binary the end-to-end tests start",
+        cargo().args([
+            "build",
+            "--package",
+            "collector-user",
+            "--bin",
+            "nomad-collector",
+        ]),
+    )?;
+    let mut integration = cargo();
+    integration.env(
+        "NOMAD_COLLECTOR_BIN",
+        workspace_root().join("target/debug/nomad-collector"),
+    );
+    integration.args(["test", "--package", "integration-tests", "--"]);
+    if let Some(filter) = filter {
+        integration.arg(filter);
+    }
+    // Privileged tests share kernel state (cgroups, attached programs): one at a time.
+    integration.arg("--test-threads=1");
+    step(
+        "integration tests (real eBPF programs, real cgroups, real HTTP; one at a time)",
+        &mut integration,
+    )?;
+    if filter.is_none() {
+        // A bounded run of every fuzz target (the longer run is `cargo xtask fuzz`).
+        crate::fuzz::run(&crate::fuzz::Options {
+            seconds: 10,
+            targets: Vec::new(),
+            sanitizer: "none".to_owned(),
+        })?;
+    }
+    Ok(())
+}
