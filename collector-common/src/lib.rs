@@ -7,13 +7,11 @@
 #![no_std]
 
 /// Bump whenever a type in this crate or the meaning of a map changes.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// `TASK_DEAD` from `include/linux/sched.h`: the `prev_state` of a thread's final switch.
 pub const TASK_DEAD: u32 = 0x80;
-/// `PF_EXITING` from `include/linux/sched.h`: set early in `do_exit()`.
-pub const PF_EXITING: u32 = 0x4;
-/// `PF_KTHREAD`: kernel threads are never part of an allocation.
+/// `PF_KTHREAD`: kernel threads (and the idle tasks) are never part of an allocation.
 pub const PF_KTHREAD: u32 = 0x0020_0000;
 
 /// Where the fields the programs read live in this kernel's structs. Resolved from
@@ -52,35 +50,72 @@ pub struct KernelLayout {
     pub mm_swap_entries: u32,
 }
 
-/// Value of the `TRACKED_CGROUPS` map, keyed by cgroup id (the kernfs node id, which is
-/// the inode number of the cgroup's directory). The daemon inserts one entry per task
-/// cgroup it tracks; the programs only add to the counters.
+/// Value of the `TRACKED_CGROUPS` hash map, keyed by cgroup id (the kernfs node id, which
+/// is the inode number of the cgroup's directory). The daemon inserts one entry per task
+/// cgroup it tracks; the programs only read it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CgroupCpu {
+pub struct TrackedCgroup {
+    /// Index of the cgroup's counters in the `CGROUP_CPU` array.
+    pub slot: u32,
+    pub _pad: u32,
     /// CLOCK_MONOTONIC ns when tracking began. A thread first met after it started and
     /// that started before this instant contributes no earlier time (the first sample of
     /// a process that existed before the daemon is 0); one that started later is counted
     /// from its birth, so a child shorter than an interval is not lost.
     pub since_ns: u64,
+}
+
+/// Element of the `CGROUP_CPU` array: cumulative CPU of one tracked cgroup. The programs
+/// only add to it; the daemon zeroes a slot before giving it to a new cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupCpu {
     /// Exact on-CPU ns of every thread while attributed to this cgroup, exited ones included.
     pub run_ns: u64,
     /// Tick-sampled user and system ns (the kernel's `utime`/`stime`), used for the split.
     pub user_ns: u64,
     pub system_ns: u64,
-    /// Threads whose final CPU time was folded in at their last context switch.
+    /// Threads whose final CPU time was accounted at their last context switch.
     pub exited_threads: u64,
 }
 
-/// Per-thread task-local storage: what was last added to the thread's cgroup.
+/// Slots of the `CONTROL` array, written by the daemon.
+pub mod control {
+    /// Bumped by the daemon whenever it adds or removes a tracked cgroup: a thread whose
+    /// cached attribution carries an older generation looks its cgroup up again.
+    pub const GENERATION: u32 = 0;
+    pub const COUNT: u32 = 1;
+}
+
+/// [`ThreadState::slot`] of a thread that belongs to no tracked cgroup.
+pub const NO_SLOT: u32 = u32::MAX;
+
+/// Flags of a [`ThreadState`].
+pub mod thread_flags {
+    /// `run_ns`/`user_ns`/`system_ns` hold what was last accounted: the next delta is
+    /// taken from them.
+    pub const ACCOUNTED: u32 = 1;
+}
+
+/// Per-thread task-local storage, kept by the context-switch program: which tracked
+/// cgroup the thread's time goes to (cached, so that most switches need no map lookup)
+/// and the thread's CPU times when they were last added there. The storage belongs to the
+/// `task_struct`, so a new process that reuses a PID starts from nothing.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ThreadLast {
+pub struct ThreadState {
     pub run_ns: u64,
     pub user_ns: u64,
     pub system_ns: u64,
-    /// 0 until the thread has been accounted once.
-    pub seen: u64,
+    /// The `css_set` pointer the attribution was resolved for: it changes whenever the
+    /// thread moves to another cgroup in any hierarchy.
+    pub css_set: u64,
+    /// The `control::GENERATION` the attribution was resolved at.
+    pub generation: u64,
+    /// Slot in `CGROUP_CPU`, or [`NO_SLOT`].
+    pub slot: u32,
+    pub flags: u32,
 }
 
 /// Flags of a [`ThreadSample`].
@@ -89,22 +124,14 @@ pub mod sample_flags {
     pub const LEADER: u32 = 1;
     /// The RSS and swap fields were read from the process's `mm_struct`.
     pub const MEMORY: u32 = 2;
-    /// No task storage could be allocated: the deltas are 0 and must not be trusted.
-    pub const NO_STORAGE: u32 = 4;
 }
 
-/// One record of the task iterator: a live thread of a tracked cgroup.
+/// One record of the per-process task iterator: one thread of the process asked about.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadSample {
     pub tid: u32,
     pub tgid: u32,
-    /// The tracked cgroup the thread's time was added to.
-    pub cgroup_id: u64,
-    /// CPU added to the cgroup by this visit (since the previous visit, or since birth).
-    pub run_delta_ns: u64,
-    pub user_delta_ns: u64,
-    pub system_delta_ns: u64,
     /// The thread's cumulative `sum_exec_runtime`, `utime`, `stime`.
     pub run_ns: u64,
     pub user_ns: u64,
@@ -128,17 +155,21 @@ pub struct ThreadSample {
 /// Slots of the per-CPU `STATS` array: events the programs count so that nothing they
 /// drop is silent.
 pub mod stat {
-    /// Final CPU time of an exiting thread folded into its cgroup.
+    /// Final CPU time of an exiting thread of a tracked cgroup accounted.
     pub const EXITS_FOLDED: u32 = 0;
     /// A thread of a tracked cgroup exited before it was ever accounted and had started
     /// before tracking began: its earlier time is deliberately not counted.
     pub const EXITS_UNSEEN: u32 = 1;
-    /// Task storage could not be allocated for a thread (out of memory).
+    /// Task storage could not be allocated for a thread (out of memory): its time since
+    /// it was last accounted is not attributed.
     pub const STORAGE_FAILED: u32 = 2;
     /// The iterator's output buffer was full: the thread is shown again by the next
     /// read() of the same pass (nothing is lost; counted to size the buffer).
     pub const SAMPLES_DEFERRED: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// A thread looked its cgroup up in `TRACKED_CGROUPS` (its cached attribution was
+    /// missing or stale): the slow path of the context-switch program.
+    pub const LOOKUPS: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 #[cfg(feature = "user")]
@@ -146,7 +177,8 @@ mod pod {
     use super::*;
     // SAFETY: plain-old-data, #[repr(C)], no padding bytes left implicit.
     unsafe impl aya::Pod for KernelLayout {}
+    unsafe impl aya::Pod for TrackedCgroup {}
     unsafe impl aya::Pod for CgroupCpu {}
-    unsafe impl aya::Pod for ThreadLast {}
+    unsafe impl aya::Pod for ThreadState {}
     unsafe impl aya::Pod for ThreadSample {}
 }

@@ -4,7 +4,7 @@
 //! every offset as a constant and checks each load against the kernel's BTF: these are
 //! plain loads from trusted/RCU BTF pointers, not `bpf_probe_read_kernel` calls.
 
-use collector_common::{KernelLayout, ThreadLast};
+use collector_common::{KernelLayout, ThreadState};
 
 #[unsafe(no_mangle)]
 static LAYOUT: KernelLayout = KernelLayout {
@@ -65,13 +65,21 @@ impl CpuTimes {
         system: 0,
     };
 
+    /// What was last accounted for a thread.
     #[inline(always)]
-    pub fn from_last(last: &ThreadLast) -> Self {
+    pub fn accounted(state: &ThreadState) -> Self {
         Self {
-            run: last.run_ns,
-            user: last.user_ns,
-            system: last.system_ns,
+            run: state.run_ns,
+            user: state.user_ns,
+            system: state.system_ns,
         }
+    }
+
+    #[inline(always)]
+    pub fn store(&self, state: &mut ThreadState) {
+        state.run_ns = self.run;
+        state.user_ns = self.user;
+        state.system_ns = self.system;
     }
 
     /// `self - base`, never negative.
@@ -149,6 +157,13 @@ impl Task {
             let swap: i64 = load(mm, layout!(mm_swap_entries));
             Some((file + anon + shmem, swap))
         }
+    }
+
+    /// The thread's `css_set`, as an address: it changes whenever the thread moves to
+    /// another cgroup in any hierarchy, so it keys the cached attribution.
+    #[inline(always)]
+    pub unsafe fn css_set(self) -> u64 {
+        unsafe { load::<*const u8>(self.0, layout!(task_cgroups)) as u64 }
     }
 
     /// Ids of the thread's cgroup in the attribution hierarchies: (cgroup v1, cgroup v2);

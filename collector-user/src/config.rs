@@ -90,6 +90,10 @@ pub struct Flags {
     /// Log format [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Collect per-process figures and cgroup memory of every allocation every interval,
+    /// as Nomad does, instead of only for allocations someone asks about.
+    #[arg(long)]
+    pub detail_all: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -220,10 +224,16 @@ pub struct Config {
     pub cpu_total_compute: u64,
     /// Directories whose disks `/v1/client/stats` reports (Nomad's data_dir).
     pub data_dirs: Vec<PathBuf>,
-    /// Memory and throttling of a task that used no CPU in an interval are re-read at
-    /// least this often (a task that ran is re-read every interval).
+    /// Cgroup memory and throttling of the allocations no one has asked about are re-read
+    /// this often (spread over the period, not all at once).
     #[serde(with = "humantime_serde")]
-    pub idle_refresh: Duration,
+    pub cgroup_refresh: Duration,
+    /// An allocation requested through the API gets per-process figures (`Pids`) and
+    /// fresh cgroup memory and throttling every interval for this long after the request.
+    #[serde(with = "humantime_serde")]
+    pub detail_for: Duration,
+    /// Give every allocation that treatment, all the time (Nomad's cost profile).
+    pub detail_all: bool,
     pub log_format: LogFormat,
     pub nomad: NomadConfig,
     pub ebpf: EbpfConfig,
@@ -243,7 +253,9 @@ impl Default for Config {
             proc_root: PathBuf::from("/proc"),
             cpu_total_compute: 0,
             data_dirs: Vec::new(),
-            idle_refresh: Duration::from_secs(10),
+            cgroup_refresh: Duration::from_secs(10),
+            detail_for: Duration::from_secs(60),
+            detail_all: false,
             log_format: LogFormat::Text,
             nomad: NomadConfig::default(),
             ebpf: EbpfConfig::default(),
@@ -318,6 +330,9 @@ impl Config {
         if let Some(format) = flags.log_format {
             self.log_format = format;
         }
+        if flags.detail_all {
+            self.detail_all = true;
+        }
     }
 
     /// Every token the API accepts: `acl.tokens` plus the lines of `acl.tokens_file`.
@@ -346,8 +361,17 @@ impl Config {
                 humantime::format_duration(self.interval)
             ));
         }
-        if self.idle_refresh < self.interval {
-            return invalid("idle_refresh must not be shorter than interval".to_owned());
+        if self.cgroup_refresh < self.interval || self.cgroup_refresh > Duration::from_secs(3600) {
+            return invalid(format!(
+                "cgroup_refresh must be between interval and 1h, got {}",
+                humantime::format_duration(self.cgroup_refresh)
+            ));
+        }
+        if self.detail_for < self.interval || self.detail_for > Duration::from_secs(86400) {
+            return invalid(format!(
+                "detail_for must be between interval and 24h, got {}",
+                humantime::format_duration(self.detail_for)
+            ));
         }
         if self.ebpf.max_tracked_cgroups == 0 {
             return invalid("ebpf.max_tracked_cgroups must be at least 1".to_owned());

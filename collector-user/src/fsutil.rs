@@ -12,7 +12,7 @@ use std::{
     fs::File,
     io::{self, Read},
     os::{
-        fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd},
+        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd},
         unix::ffi::{OsStrExt, OsStringExt},
     },
     path::{Component, Path, PathBuf},
@@ -75,56 +75,12 @@ impl Tree {
 
     /// Opens `rel` (relative to the root) with `flags` added to `O_CLOEXEC`.
     pub fn open_at(&self, rel: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
-        check_relative(rel)?;
-        let rel = if rel.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            rel
-        };
-        let c = c_path(rel)?;
-        let flags = flags | libc::O_CLOEXEC;
-        if !NO_OPENAT2.load(Ordering::Relaxed) {
-            // SAFETY: open_how is plain data; zero is valid for every field.
-            let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-            how.flags = flags as u64;
-            how.resolve =
-                libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-            // SAFETY: valid dirfd, path and open_how for the duration of the call.
-            let fd = unsafe {
-                libc::syscall(
-                    libc::SYS_openat2,
-                    self.root.as_raw_fd(),
-                    c.as_ptr(),
-                    &how as *const libc::open_how,
-                    std::mem::size_of::<libc::open_how>(),
-                )
-            };
-            if fd >= 0 {
-                // SAFETY: a new descriptor we own.
-                return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-            }
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::ENOSYS) {
-                return Err(err);
-            }
-            NO_OPENAT2.store(true, Ordering::Relaxed);
-        }
-        // SAFETY: as above.
-        let fd =
-            unsafe { libc::openat(self.root.as_raw_fd(), c.as_ptr(), flags | libc::O_NOFOLLOW) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a new descriptor we own.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        open_beneath(self.root.as_fd(), rel, flags)
     }
 
     /// Reads the whole file `rel` into `buf` (cleared first).
     pub fn read_into(&self, rel: &Path, buf: &mut String) -> io::Result<()> {
-        buf.clear();
-        let mut file = File::from(self.open_at(rel, libc::O_RDONLY)?);
-        file.read_to_string(buf)?;
-        Ok(())
+        read_fd_into(self.open_at(rel, libc::O_RDONLY)?.as_fd(), buf)
     }
 
     /// Reads the whole file `rel` as raw bytes into `buf` (cleared first).
@@ -176,6 +132,111 @@ impl Tree {
         }
         Ok(st)
     }
+}
+
+/// Opens `rel` beneath the directory `dir` with `flags` added to `O_CLOEXEC`: never
+/// through a symlink, a magic link or `..`, so the result is inside `dir`'s tree.
+pub fn open_beneath(dir: BorrowedFd<'_>, rel: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
+    check_relative(rel)?;
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let c = c_path(rel)?;
+    let flags = flags | libc::O_CLOEXEC;
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        // SAFETY: open_how is plain data; zero is valid for every field.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = flags as u64;
+        how.resolve =
+            libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+        // SAFETY: valid dirfd, path and open_how for the duration of the call.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: a new descriptor we own.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(err);
+        }
+        NO_OPENAT2.store(true, Ordering::Relaxed);
+    }
+    // SAFETY: as above.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_NOFOLLOW) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reads all of `fd` into `buf` (cleared first) with plain `read(2)` calls into the
+/// reused buffer. Unlike `read_to_string`, it does not ask the size first: pseudo-files
+/// have none, and the extra `fstat` + `lseek` per read showed in profiles.
+pub fn read_fd_into(fd: BorrowedFd<'_>, buf: &mut String) -> io::Result<()> {
+    let mut bytes = std::mem::take(buf).into_bytes();
+    bytes.clear();
+    let read = read_fd_bytes(fd, &mut bytes);
+    match String::from_utf8(bytes) {
+        Ok(text) => {
+            *buf = text;
+            read
+        }
+        Err(e) => {
+            // Keep the allocation for the next read; report the bad content.
+            let mut bytes = e.into_bytes();
+            bytes.clear();
+            *buf = String::from_utf8(bytes).expect("an empty buffer is UTF-8");
+            read.and(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "file content is not UTF-8",
+            )))
+        }
+    }
+}
+
+fn read_fd_bytes(fd: BorrowedFd<'_>, bytes: &mut Vec<u8>) -> io::Result<()> {
+    loop {
+        if bytes.capacity() - bytes.len() < 1024 {
+            bytes.reserve(4096);
+        }
+        let spare = bytes.spare_capacity_mut();
+        // SAFETY: reads at most spare.len() bytes into memory owned by `bytes`.
+        let n = unsafe { libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+        match n {
+            0 => return Ok(()),
+            n if n > 0 => {
+                // SAFETY: the kernel initialized n bytes past the old length.
+                unsafe { bytes.set_len(bytes.len() + n as usize) };
+            }
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
+}
+
+/// (inode number, is a directory) of an open descriptor.
+pub fn fd_inode(fd: BorrowedFd<'_>) -> io::Result<(u64, bool)> {
+    // SAFETY: zeroed stat filled by fstat on a valid descriptor.
+    let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat64(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((st.st_ino, st.st_mode & libc::S_IFMT == libc::S_IFDIR))
 }
 
 /// A subdirectory: its name and inode number.

@@ -70,8 +70,39 @@ fn uninstall(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// Raises the soft limit on open files to the hard one (no privilege needed): the daemon
+/// keeps a descriptor per task cgroup directory and per process it samples on demand,
+/// which outgrows the usual soft limit of 1024 on a dense host.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer; setrlimit reads the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
+        {
+            return;
+        }
+        let wanted = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+            warn!(
+                soft = limit.rlim_cur,
+                "could not raise the open files limit; on a dense host some cgroup files \
+                 will be opened by path instead"
+            );
+        }
+    }
+}
+
 fn run(flags: &Flags, config: Config) -> Result<()> {
+    raise_open_files_limit();
     let collector = Collector::new(&config)?;
+    // SAFETY: malloc_trim only returns free heap memory to the kernel.
+    unsafe { libc::malloc_trim(0) };
     let listener = std::net::TcpListener::bind(config.http.listen)
         .with_context(|| format!("binding {}", config.http.listen))?;
     listener.set_nonblocking(true)?;
@@ -91,7 +122,7 @@ fn run(flags: &Flags, config: Config) -> Result<()> {
         .thread_name("http")
         .enable_all()
         .build()?;
-    let state = ApiState::new(store, acl);
+    let state = ApiState::new(store, acl).with_demand(runner.demand());
     let served = runtime.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -7,7 +7,10 @@
 use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
-    sync::{Arc, OnceLock},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, OnceLock,
+    },
     time::Duration,
 };
 
@@ -23,7 +26,7 @@ use crate::{
 /// Which source produced the CPU figures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub enum CpuSourceKind {
-    /// eBPF programs (sched_switch + task iterator).
+    /// eBPF programs (sched_switch accounting + per-process task iterator).
     #[default]
     #[serde(rename = "ebpf")]
     Ebpf,
@@ -57,8 +60,12 @@ pub struct Health {
     pub max_tracked_cgroups: u64,
     /// Cgroups that could not be tracked because the kernel map was full (cumulative).
     pub tracked_cgroups_full: u64,
-    /// Threads sampled in the last cycle.
-    pub threads_sampled: u64,
+    /// CPUs on which accounting the running thread failed (cumulative).
+    pub checkpoint_failures: u64,
+    /// Allocations collected in detail (per-process figures) in the last cycle.
+    pub detailed_allocations: u64,
+    /// Processes sampled one by one in the last cycle.
+    pub processes_sampled: u64,
     /// Duration of the last collection cycle.
     pub cycle_duration: Duration,
     /// CPU time (user + system) the daemon's collection thread used in the last cycle.
@@ -120,6 +127,13 @@ type BuildTasks = Box<dyn Fn() -> BTreeMap<String, TaskResourceUsage> + Send + S
 /// then pays for no such structure at all.
 pub struct AllocEntry {
     pub info: AllocInfo,
+    /// Whether per-process figures (`Pids`) and fresh cgroup figures were collected for
+    /// this allocation in this snapshot (it was asked about recently, or every allocation
+    /// is collected in detail).
+    pub detailed: bool,
+    /// Set by a request for this allocation; the collector reads it at its next cycle to
+    /// keep the allocation detailed.
+    requested: AtomicBool,
     tasks: OnceLock<BTreeMap<String, TaskResourceUsage>>,
     build: Option<BuildTasks>,
     json: OnceLock<Bytes>,
@@ -130,6 +144,7 @@ impl std::fmt::Debug for AllocEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AllocEntry")
             .field("info", &self.info)
+            .field("detailed", &self.detailed)
             .field("built", &self.tasks.get().is_some())
             .finish()
     }
@@ -150,6 +165,8 @@ impl AllocEntry {
     pub fn new(info: AllocInfo, tasks: BTreeMap<String, TaskResourceUsage>) -> Self {
         Self {
             info,
+            detailed: true,
+            requested: AtomicBool::new(false),
             tasks: OnceLock::from(tasks),
             build: None,
             json: OnceLock::new(),
@@ -160,15 +177,28 @@ impl AllocEntry {
     /// An entry whose task usage is built by `build` on first use.
     pub fn lazy(
         info: AllocInfo,
+        detailed: bool,
         build: impl Fn() -> BTreeMap<String, TaskResourceUsage> + Send + Sync + 'static,
     ) -> Self {
         Self {
             info,
+            detailed,
+            requested: AtomicBool::new(false),
             tasks: OnceLock::new(),
             build: Some(Box::new(build)),
             json: OnceLock::new(),
             json_pretty: OnceLock::new(),
         }
+    }
+
+    /// Notes that a client asked for this allocation.
+    pub fn mark_requested(&self) {
+        self.requested.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a client asked for this allocation since the snapshot was published.
+    pub fn was_requested(&self) -> bool {
+        self.requested.load(Ordering::Relaxed)
     }
 
     /// Nomad's `TaskResourceUsage` of every task, by name.
@@ -221,6 +251,17 @@ impl Snapshot {
 
     pub fn json<T: Serialize>(value: &T, pretty: bool) -> Bytes {
         to_bytes(value, pretty)
+    }
+}
+
+impl Snapshot {
+    /// The IDs of the allocations clients asked for since this snapshot was published.
+    pub fn requested_allocations(&self) -> Vec<String> {
+        self.allocations
+            .iter()
+            .filter(|(_, entry)| entry.was_requested())
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 }
 

@@ -1,9 +1,9 @@
 //! The eBPF programs on the real kernel: loaded, attached to sched_switch, and counting
 //! exactly (issue: foundation). Uses the library directly, no daemon.
 
-use std::{collections::HashMap, thread, time::Duration};
+use std::{thread, time::Duration};
 
-use collector_common::{sample_flags, ThreadSample};
+use collector_common::{sample_flags, ThreadSample, TrackedCgroup};
 use collector_user::kernel::{Attribution, KernelAccounting, KernelOptions};
 use integration_tests::{burner, ebpf_or_skip, privileged, schedstat_ns, uuid, Cgroup};
 
@@ -34,22 +34,39 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn cgroup_run_ns(kernel: &mut KernelAccounting, id: u64) -> u64 {
-    kernel
-        .read_cgroups()
-        .unwrap()
-        .iter()
-        .find(|(k, _)| *k == id)
-        .map(|(_, v)| v.run_ns)
-        .unwrap_or(0)
+/// Tracks cgroup `id` in counter slot `slot`, counting threads born since `since_ns`
+/// from birth, and makes the programs see it (as the daemon does).
+fn track(kernel: &mut KernelAccounting, id: u64, slot: u32, since_ns: u64) {
+    let entry = TrackedCgroup {
+        slot,
+        since_ns,
+        ..TrackedCgroup::default()
+    };
+    assert!(kernel.track(id, entry).unwrap(), "map full");
+    let generation = kernel.generation().unwrap() + 1;
+    kernel.set_generation(generation).unwrap();
 }
 
-/// Per-process cumulative run time from one iterator pass: live threads plus the
-/// leader's record of exited threads.
-fn process_run_ns(samples: &[ThreadSample], pid: u32) -> u64 {
+/// The cumulative run time of counter `slot`, every CPU's running thread accounted up
+/// to now first.
+fn slot_run_ns(kernel: &mut KernelAccounting, slot: u32) -> u64 {
+    assert_eq!(kernel.checkpoint(), 0, "checkpoint failed on some CPU");
+    let mut counters = Vec::new();
+    kernel.read_cgroup_cpu(slot + 1, &mut counters).unwrap();
+    counters[slot as usize].run_ns
+}
+
+/// A process's cumulative run time from the per-process iterator: its live threads plus
+/// the leader's record of exited threads.
+fn process_run_ns(kernel: &mut KernelAccounting, pid: u32) -> u64 {
+    let mut samples: Vec<ThreadSample> = Vec::new();
+    kernel.sample_process(pid, &mut samples).unwrap();
+    assert!(
+        samples.iter().all(|s| s.tgid == pid),
+        "the iterator is scoped to the process"
+    );
     samples
         .iter()
-        .filter(|s| s.tgid == pid)
         .map(|s| {
             s.run_ns
                 + if s.flags & sample_flags::LEADER != 0 {
@@ -61,17 +78,40 @@ fn process_run_ns(samples: &[ThreadSample], pid: u32) -> u64 {
         .sum()
 }
 
+fn cpuacct_usage(cgroup: &Cgroup) -> u64 {
+    cgroup
+        .read("cpuacct", "cpuacct.usage")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn relative_error(measured: u64, truth: u64) -> f64 {
+    (measured as f64 - truth as f64).abs() / truth as f64
+}
+
 #[test]
 fn programs_are_loaded_and_attached_to_sched_switch() {
     let Some(kernel) = load("programs_are_loaded_and_attached_to_sched_switch") else {
         return;
     };
     let ids = kernel.programs().clone();
-    let program = aya::programs::loaded_programs()
-        .flatten()
-        .find(|p| p.id() == ids.sched_switch_id)
-        .expect("sched_switch program is loaded");
-    assert_eq!(program.name_as_str(), Some("sched_switch"));
+    let loaded: Vec<_> = aya::programs::loaded_programs().flatten().collect();
+    let name_of = |id: u32| {
+        loaded
+            .iter()
+            .find(|p| p.id() == id)
+            .and_then(|p| p.name_as_str().map(str::to_owned))
+    };
+    assert_eq!(
+        name_of(ids.sched_switch_id).as_deref(),
+        Some("sched_switch")
+    );
+    assert_eq!(name_of(ids.checkpoint_id).as_deref(), Some("checkpoint"));
+    assert_eq!(
+        name_of(ids.process_iter_id).as_deref(),
+        Some("process_threads")
+    );
     let link = aya::programs::loaded_links()
         .flatten()
         .find(|l| l.program_id() == ids.sched_switch_id)
@@ -91,33 +131,59 @@ fn programs_are_loaded_and_attached_to_sched_switch() {
 }
 
 #[test]
-fn process_total_matches_schedstat() {
-    let Some(mut kernel) = load("process_total_matches_schedstat") else {
+fn process_and_cgroup_totals_match_the_kernels_own_counters() {
+    let Some(mut kernel) = load("process_and_cgroup_totals_match_the_kernels_own_counters") else {
         return;
     };
     let cgroup = Cgroup::create(&["cpuacct"], &format!("collector-test/{}", uuid()));
-    kernel.track(cgroup.id("cpuacct"), 0).unwrap();
+    track(&mut kernel, cgroup.id("cpuacct"), 3, monotonic_ns());
+    let usage_before = cpuacct_usage(&cgroup);
     // Two busy threads for long enough to accumulate a couple of CPU-seconds.
     let child = cgroup.spawn(burner!().args(["spin", "2", "30"]));
     thread::sleep(Duration::from_millis(1500));
-    // Freeze it so both readings see the same totals.
+    // Freeze it so that every reading sees the same totals.
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(child.pid() as i32, libc::SIGSTOP) };
     thread::sleep(Duration::from_millis(100));
-    let mut samples = Vec::new();
-    kernel.sample_threads(&mut samples).unwrap();
-    let from_kernel = process_run_ns(&samples, child.pid());
     let from_proc = schedstat_ns(child.pid());
     assert!(
         from_proc > 1_000_000_000,
         "the workload ran: {from_proc} ns"
     );
-    let error = (from_kernel as f64 - from_proc as f64).abs() / from_proc as f64;
+    let process = process_run_ns(&mut kernel, child.pid());
     assert!(
-        error < 0.01,
-        "kernel map {from_kernel} ns vs schedstat {from_proc} ns ({:.3}% apart)",
-        error * 100.0
+        relative_error(process, from_proc) < 0.01,
+        "process: iterator {process} ns vs schedstat {from_proc} ns"
     );
+    // The cgroup counter, built at context switches, against the cgroup's own counter.
+    let counted = slot_run_ns(&mut kernel, 3);
+    let truth = cpuacct_usage(&cgroup) - usage_before;
+    assert!(
+        relative_error(counted, truth) < 0.01,
+        "cgroup: sched_switch accounting {counted} ns vs cpuacct.usage delta {truth} ns"
+    );
+}
+
+#[test]
+fn a_thread_that_never_switches_out_is_counted_up_to_now() {
+    let Some(mut kernel) = load("a_thread_that_never_switches_out_is_counted_up_to_now") else {
+        return;
+    };
+    let cgroup = Cgroup::create(&["cpuacct"], &format!("collector-test/{}", uuid()));
+    track(&mut kernel, cgroup.id("cpuacct"), 0, monotonic_ns());
+    let child = cgroup.spawn(burner!().args(["spin", "1", "30"]));
+    for _ in 0..5 {
+        thread::sleep(Duration::from_millis(400));
+        // Still running: only the checkpoint can account the slice in progress.
+        let counted = slot_run_ns(&mut kernel, 0);
+        let truth = schedstat_ns(child.pid());
+        // The kernel updates a running thread's runtime at each tick (4 ms at HZ=250);
+        // allow a few ticks between the two reads.
+        assert!(
+            counted + 20_000_000 >= truth && counted <= truth + 20_000_000,
+            "running thread: counted {counted} ns, schedstat {truth} ns"
+        );
+    }
 }
 
 #[test]
@@ -126,40 +192,58 @@ fn short_lived_children_are_all_counted() {
         return;
     };
     let cgroup = Cgroup::create(&["cpuacct"], &format!("collector-test/{}", uuid()));
-    let id = cgroup.id("cpuacct");
-    kernel.track(id, monotonic_ns()).unwrap();
-    let usage_before: u64 = cgroup
-        .read("cpuacct", "cpuacct.usage")
-        .trim()
-        .parse()
-        .unwrap();
+    track(&mut kernel, cgroup.id("cpuacct"), 0, monotonic_ns());
+    let usage_before = cpuacct_usage(&cgroup);
     let exits_before = kernel.stats().exits_folded;
-    // 100 children of ~10 ms CPU each, all shorter than one collection interval; the
-    // iterator never sees most of them alive.
+    // 100 children of ~10 ms CPU each, all shorter than one collection interval.
     let parent = cgroup.spawn(burner!().args(["churn", "100", "10"]));
     assert!(parent.wait(), "churn workload failed");
-    let mut samples = Vec::new();
-    kernel.sample_threads(&mut samples).unwrap();
-    let counted = cgroup_run_ns(&mut kernel, id);
-    let usage_after: u64 = cgroup
-        .read("cpuacct", "cpuacct.usage")
-        .trim()
-        .parse()
-        .unwrap();
-    let truth = usage_after - usage_before;
+    let counted = slot_run_ns(&mut kernel, 0);
+    let truth = cpuacct_usage(&cgroup) - usage_before;
     assert!(
         truth >= 900_000_000,
         "the children ran about 1 s of CPU: {truth} ns"
     );
-    let error = (counted as f64 - truth as f64).abs() / truth as f64;
     assert!(
-        error < 0.10,
-        "attributed {counted} ns vs cpuacct.usage delta {truth} ns ({:.1}% apart)",
-        error * 100.0
+        relative_error(counted, truth) < 0.10,
+        "attributed {counted} ns vs cpuacct.usage delta {truth} ns"
     );
     assert!(
         kernel.stats().exits_folded - exits_before >= 100,
-        "every child's exit was folded at its final context switch"
+        "every child's final switch was accounted"
+    );
+}
+
+#[test]
+fn a_thread_that_moves_is_counted_where_it_runs() {
+    let Some(mut kernel) = load("a_thread_that_moves_is_counted_where_it_runs") else {
+        return;
+    };
+    let from = Cgroup::create(&["cpuacct"], &format!("collector-test/{}", uuid()));
+    let to = Cgroup::create(&["cpuacct"], &format!("collector-test/{}", uuid()));
+    let since = monotonic_ns();
+    track(&mut kernel, from.id("cpuacct"), 0, since);
+    track(&mut kernel, to.id("cpuacct"), 1, since);
+    let child = from.spawn(burner!().args(["spin", "1", "30"]));
+    thread::sleep(Duration::from_millis(600));
+    let before_move = slot_run_ns(&mut kernel, 0);
+    to.write("cpuacct", "cgroup.procs", &child.pid().to_string());
+    thread::sleep(Duration::from_millis(600));
+    let in_from = slot_run_ns(&mut kernel, 0);
+    let in_to = slot_run_ns(&mut kernel, 1);
+    assert!(
+        in_from < before_move + 50_000_000,
+        "the old cgroup kept counting after the move: {before_move} -> {in_from} ns"
+    );
+    assert!(
+        in_to > 400_000_000,
+        "the new cgroup did not count the moved thread: {in_to} ns"
+    );
+    let total = in_from + in_to;
+    let truth = schedstat_ns(child.pid());
+    assert!(
+        relative_error(total, truth) < 0.05,
+        "the two cgroups together {total} ns vs the thread's {truth} ns"
     );
 }
 
@@ -169,10 +253,12 @@ fn a_reused_pid_starts_from_zero() {
         return;
     };
     let cgroup = Cgroup::create(&["cpuacct"], &format!("collector-test/{}", uuid()));
-    kernel.track(cgroup.id("cpuacct"), 0).unwrap();
+    track(&mut kernel, cgroup.id("cpuacct"), 0, monotonic_ns());
     let first = cgroup.spawn(burner!().args(["spin", "1", "1"]));
     let pid = first.pid();
     assert!(first.wait());
+    let after_first = slot_run_ns(&mut kernel, 0);
+    assert!(after_first > 500_000_000, "the first process ran");
     // Ask the kernel for the same PID again.
     let ns_last_pid = "/proc/sys/kernel/ns_last_pid";
     let mut reused = None;
@@ -186,16 +272,14 @@ fn a_reused_pid_starts_from_zero() {
     }
     let second = reused.expect("could not get the same PID back");
     thread::sleep(Duration::from_millis(200));
-    let mut samples = Vec::new();
-    kernel.sample_threads(&mut samples).unwrap();
-    let by_tgid: HashMap<u32, u64> = samples
-        .iter()
-        .filter(|s| s.tgid == second.pid())
-        .map(|s| (s.tgid, s.run_ns))
-        .collect();
-    let run = by_tgid[&second.pid()];
+    let run = process_run_ns(&mut kernel, second.pid());
     assert!(
         run < 100_000_000,
         "the sleeping process with the reused PID shows {run} ns: it inherited the old one's"
+    );
+    let grew = slot_run_ns(&mut kernel, 0) - after_first;
+    assert!(
+        grew < 100_000_000,
+        "the cgroup gained {grew} ns from a sleeping process"
     );
 }

@@ -166,7 +166,7 @@ fn incompatible_pins_are_replaced_with_a_clear_message() {
             .log_lines("incompatible collector version")
             .is_empty()
             && !daemon
-                .log_lines("does not match this configuration")
+                .log_lines("do not match this configuration")
                 .is_empty(),
         "replacements are logged:\n{}",
         daemon.log_text()

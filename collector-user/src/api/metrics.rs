@@ -122,17 +122,19 @@ fn health_gauges(health: &Health, allocations: usize, out: &mut Vec<Gauge>) {
         value: 1.0,
         labels: source_labels,
     });
-    let plain: [(&str, f64); 16] = [
+    let plain: [(&str, f64); 19] = [
         ("programs_attached", f64::from(health.programs_attached)),
         ("allocations", allocations as f64),
         ("cycle_seconds", health.cycle_duration.as_secs_f64()),
         ("cycle_cpu_seconds", health.cycle_cpu.as_secs_f64()),
         ("cycles", health.cycles as f64),
         ("cycle_errors", health.cycle_errors as f64),
-        ("threads_sampled", health.threads_sampled as f64),
+        ("detailed_allocations", health.detailed_allocations as f64),
+        ("processes_sampled", health.processes_sampled as f64),
         ("tracked_cgroups", health.tracked_cgroups as f64),
         ("tracked_cgroups_max", health.max_tracked_cgroups as f64),
         ("tracked_cgroups_full", health.tracked_cgroups_full as f64),
+        ("checkpoint_failures", health.checkpoint_failures as f64),
         ("kernel.exits_folded", health.kernel.exits_folded as f64),
         ("kernel.exits_unseen", health.kernel.exits_unseen as f64),
         ("kernel.storage_failed", health.kernel.storage_failed as f64),
@@ -140,6 +142,7 @@ fn health_gauges(health: &Health, allocations: usize, out: &mut Vec<Gauge>) {
             "kernel.samples_deferred",
             health.kernel.samples_deferred as f64,
         ),
+        ("kernel.lookups", health.kernel.lookups as f64),
         (
             "bpf.sched_switch_run_time_ns",
             health.sched_switch_run_time_ns as f64,

@@ -18,7 +18,7 @@ use std::{convert::Infallible, sync::Arc};
 use arc_swap::ArcSwap;
 use warp::{Filter, Reply};
 
-use crate::snapshot::SnapshotStore;
+use crate::{collect::runner::DemandHandle, snapshot::SnapshotStore};
 
 pub mod acl;
 pub mod errors;
@@ -34,11 +34,14 @@ pub use acl::Acl;
 pub use errors::ApiError;
 pub use server::{load_tls, serve, TlsError};
 
-/// What the handlers read: the snapshot store, and the tokens (swappable at run time).
+/// What the handlers read: the snapshot store, and the tokens (swappable at run time);
+/// and how they ask the collector for an allocation's detail.
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Arc<SnapshotStore>,
     pub acl: Arc<ArcSwap<Acl>>,
+    /// `None`: no collector to ask (tests serving a fixed snapshot).
+    pub demand: Option<DemandHandle>,
 }
 
 impl ApiState {
@@ -46,7 +49,14 @@ impl ApiState {
         Self {
             store,
             acl: Arc::new(ArcSwap::from_pointee(acl)),
+            demand: None,
         }
+    }
+
+    /// Lets the handlers ask the collector to detail an allocation on first request.
+    pub fn with_demand(mut self, demand: DemandHandle) -> Self {
+        self.demand = Some(demand);
+        self
     }
 
     /// Replaces the accepted tokens (on SIGHUP); applies from the next request on.

@@ -3,33 +3,31 @@
 //!
 //! A [`CgroupDir`] has one `read_<file>()` per control file. Each returns `Ok(None)` when
 //! the file does not exist (a kernel without that feature, a v2 controller not enabled)
-//! and [`CgroupError::Vanished`] when the cgroup itself is gone. These run every interval
-//! for every task, so file contents go through one reused per-thread buffer and each file
-//! is read at most once per `TaskCgroups::read_*` call.
+//! and [`CgroupError::Vanished`] when the cgroup itself is gone. These run for many tasks
+//! per interval, so each cgroup directory is opened once and kept (a control file is then
+//! one path component away instead of a walk from the mount), file contents go through
+//! one reused per-thread buffer, and each file is read at most once per
+//! `TaskCgroups::read_*` call.
 
 use std::{
     cell::RefCell,
     io,
+    os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, OnceLock},
 };
 
 use tracing::debug;
 
 use super::{discover, CgroupError};
-use crate::{fsutil::Tree, model::measured};
-
-/// Reused buffers: the path being opened and the file's text.
-struct Scratch {
-    path: PathBuf,
-    text: String,
-}
+use crate::{
+    fsutil::{fd_inode, open_beneath, read_fd_into, Tree},
+    model::measured,
+};
 
 thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
-        path: PathBuf::with_capacity(256),
-        text: String::with_capacity(4096),
-    });
+    /// Reused buffer for control files' text.
+    static TEXT: RefCell<String> = RefCell::new(String::with_capacity(4096));
 }
 
 /// A limit that may be `max` (unlimited).
@@ -287,6 +285,9 @@ pub fn parse_procs(text: &str, out: &mut Vec<u32>) -> Result<(), String> {
 pub struct CgroupDir {
     tree: Arc<Tree>,
     rel: PathBuf,
+    /// The directory (`O_PATH`) and its inode, opened beneath the mount on first read and
+    /// kept; shared by clones.
+    handle: Arc<OnceLock<(OwnedFd, u64)>>,
 }
 
 macro_rules! single_value_files {
@@ -303,7 +304,37 @@ macro_rules! single_value_files {
 impl CgroupDir {
     /// `rel` is relative to the hierarchy's mount (`tree`); empty for the root cgroup.
     pub fn new(tree: Arc<Tree>, rel: PathBuf) -> Self {
-        Self { tree, rel }
+        Self {
+            tree,
+            rel,
+            handle: Arc::default(),
+        }
+    }
+
+    /// Opens control file `name` from the kept directory descriptor, or by path from the
+    /// mount when no descriptor can be had (the open files limit reached).
+    fn open_file(&self, name: &str) -> io::Result<OwnedFd> {
+        match self.handle() {
+            Ok((dir, _)) => open_beneath(dir.as_fd(), Path::new(name), libc::O_RDONLY),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                self.tree.open_at(&self.rel.join(name), libc::O_RDONLY)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The kept directory descriptor and the inode it was opened at.
+    fn handle(&self) -> io::Result<&(OwnedFd, u64)> {
+        if let Some(handle) = self.handle.get() {
+            return Ok(handle);
+        }
+        let fd = self
+            .tree
+            .open_at(&self.rel, libc::O_PATH | libc::O_DIRECTORY)?;
+        let (inode, _) = fd_inode(fd.as_fd())?;
+        // Another thread racing here would have opened the same directory: keep either.
+        let _ = self.handle.set((fd, inode));
+        Ok(self.handle.get().expect("just set"))
     }
 
     /// The cgroup's absolute path.
@@ -358,15 +389,11 @@ impl CgroupDir {
         name: &str,
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> Result<Option<T>, CgroupError> {
-        let result = SCRATCH.with(|scratch| {
-            let scratch = &mut *scratch.borrow_mut();
-            scratch.path.as_mut_os_string().clear();
-            scratch.path.push(&self.rel);
-            scratch.path.push(name);
-            match self.tree.read_into(&scratch.path, &mut scratch.text) {
-                Ok(()) => Ok(parse(&scratch.text)),
-                Err(err) => Err(err),
-            }
+        let result = self.open_file(name).and_then(|file| {
+            TEXT.with(|text| {
+                let text = &mut *text.borrow_mut();
+                read_fd_into(file.as_fd(), text).map(|()| parse(text))
+            })
         });
         match result {
             Ok(Ok(value)) => Ok(Some(value)),
@@ -376,7 +403,15 @@ impl CgroupDir {
             }),
             Err(err) => match err.raw_os_error() {
                 Some(libc::ENODEV) => Err(self.dir_error(err)),
-                Some(libc::ENOENT) => self.inode().map(|_| None),
+                // No such file, or a kept directory that was removed: which one is told
+                // by whether the directory at this path is still the one opened.
+                Some(libc::ENOENT) => match (self.inode(), self.handle.get()) {
+                    (Ok(now), Some((_, opened))) if now != *opened => {
+                        Err(CgroupError::Vanished(self.path()))
+                    }
+                    (Ok(_), _) => Ok(None),
+                    (Err(e), _) => Err(e),
+                },
                 Some(libc::EOPNOTSUPP | libc::EINVAL) => Ok(None),
                 _ => Err(CgroupError::Io {
                     path: self.path().join(name),

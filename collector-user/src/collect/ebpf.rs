@@ -1,45 +1,91 @@
 //! The eBPF CPU source: keeps the kernel's tracked-cgroup map in step with the tasks,
-//! runs the task iterator once per cycle and groups its per-thread records into
-//! per-process samples.
+//! reads every tracked cgroup's cumulative CPU with one batch lookup per cycle, and
+//! samples single processes on demand through the per-process task iterator.
 
 use std::collections::{HashMap, HashSet};
 
-use super::fastmap::FastMap;
-
-use collector_common::{sample_flags, CgroupCpu, ThreadSample};
+use collector_common::{sample_flags, CgroupCpu, ThreadSample, TrackedCgroup};
 use tracing::{info, warn};
 
-use super::sample::{CpuTimes, ProcessMemory, ProcessSample};
+use super::{
+    fastmap::FastMap,
+    sample::{CpuTimes, ProcessMemory, ProcessSample},
+};
 use crate::kernel::{
     AttachedPrograms, Attribution, KernelAccounting, KernelError, KernelOptions, KernelStats,
+    ProgramRunStats,
 };
 
-/// One cycle's reading. Its collections are reused from cycle to cycle (cleared, not
-/// freed): with ten thousand processes, allocating them anew each second shows.
-#[derive(Debug, Default)]
-pub struct EbpfReading {
-    /// Cumulative CPU per tracked cgroup id, exited threads included.
-    pub cgroups: FastMap<u64, CpuTimes>,
-    /// Live processes, sorted by (cgroup id, pid).
-    processes: Vec<(u64, ProcessSample)>,
-    /// Cgroup id -> range of `processes`.
-    ranges: FastMap<u64, (usize, usize)>,
-    pub threads: usize,
+/// Which counter slots are in use. A slot given up is quarantined until the next
+/// [`Slots::start_sync`], at least one interval later: a program that looked the old
+/// cgroup up just before the generation changed may still add to it for a moment, and
+/// that must not land on the next owner (whose slot is zeroed when handed out).
+#[derive(Debug)]
+struct Slots {
+    free: Vec<u32>,
+    quarantined: Vec<u32>,
+    /// Slots `0..next` have been handed out at some point: the prefix read each cycle.
+    next: u32,
+    capacity: u32,
 }
 
-impl EbpfReading {
-    /// The live processes whose leader is in cgroup `id`, by pid.
-    pub fn processes_of(&self, id: u64) -> impl Iterator<Item = &ProcessSample> {
-        let (start, end) = self.ranges.get(&id).copied().unwrap_or((0, 0));
-        self.processes[start..end].iter().map(|(_, p)| p)
+impl Slots {
+    fn new(capacity: u32) -> Self {
+        Self {
+            free: Vec::new(),
+            quarantined: Vec::new(),
+            next: 0,
+            capacity,
+        }
+    }
+
+    /// Rebuilds the free list around the slots already in use (after a restart).
+    fn adopt(&mut self, used: &HashSet<u32>) {
+        self.next = used
+            .iter()
+            .copied()
+            .filter(|&s| s < self.capacity)
+            .max()
+            .map_or(0, |s| s + 1);
+        self.free = (0..self.next).filter(|s| !used.contains(s)).rev().collect();
+        self.quarantined.clear();
+    }
+
+    fn start_sync(&mut self) {
+        self.free.append(&mut self.quarantined);
+    }
+
+    fn take(&mut self) -> Option<u32> {
+        self.free.pop().or_else(|| {
+            (self.next < self.capacity).then(|| {
+                self.next += 1;
+                self.next - 1
+            })
+        })
+    }
+
+    /// A slot handed out but never used (the map insert failed): free at once.
+    fn put_back(&mut self, slot: u32) {
+        self.free.push(slot);
+    }
+
+    fn release(&mut self, slot: u32) {
+        self.quarantined.push(slot);
+    }
+
+    /// How many slots to read: every slot ever handed out.
+    fn high_water(&self) -> u32 {
+        self.next
     }
 }
 
 pub struct EbpfSource {
     kernel: KernelAccounting,
     attribution: Attribution,
-    /// Cgroup ids currently in the kernel map.
-    tracked: HashSet<u64>,
+    /// Cgroup id -> counter slot, for every cgroup in the kernel map.
+    tracked: FastMap<u64, u32>,
+    slots: Slots,
+    generation: u64,
     /// Whether the kernel map has been reconciled with what a previous run left pinned.
     reconciled: bool,
     /// Cgroups that could not be tracked because the map was full (cumulative count of
@@ -47,10 +93,9 @@ pub struct EbpfSource {
     full: u64,
     overflowed: HashSet<u64>,
     max_tracked: u32,
+    checkpoint_failures: u64,
+    counters: Vec<CgroupCpu>,
     samples: Vec<ThreadSample>,
-    /// tgid -> (cgroup id of the leader or first thread, sample); reused.
-    by_tgid: FastMap<u32, (u64, ProcessSample)>,
-    reading: EbpfReading,
     page_size: u64,
     pinned: bool,
 }
@@ -85,7 +130,8 @@ impl EbpfSource {
         let programs = kernel.programs();
         info!(
             sched_switch = programs.sched_switch_id,
-            task_iter = programs.task_iter_id,
+            checkpoint = programs.checkpoint_id,
+            process_iter = programs.process_iter_id,
             kept_pinned = programs.reused_pinned_link,
             v1 = options.attribution.v1_controller.as_deref().unwrap_or("-"),
             v2 = options.attribution.v2,
@@ -94,14 +140,16 @@ impl EbpfSource {
         Ok(Self {
             kernel,
             attribution: options.attribution.clone(),
-            tracked: HashSet::new(),
+            tracked: FastMap::default(),
+            slots: Slots::new(options.max_tracked_cgroups),
+            generation: 0,
             reconciled: false,
             full: 0,
             overflowed: HashSet::new(),
             max_tracked: options.max_tracked_cgroups,
+            checkpoint_failures: 0,
+            counters: Vec::new(),
             samples: Vec::new(),
-            by_tgid: FastMap::default(),
-            reading: EbpfReading::default(),
             page_size: crate::procfs::page_size(),
             pinned: options.pin_root.is_some(),
         })
@@ -128,8 +176,8 @@ impl EbpfSource {
         self.kernel.stats()
     }
 
-    pub fn sched_switch_run_stats(&self) -> (u64, u64) {
-        self.kernel.program_run_stats().sched_switch
+    pub fn program_run_stats(&self) -> ProgramRunStats {
+        self.kernel.program_run_stats()
     }
 
     pub fn tracked(&self) -> usize {
@@ -144,47 +192,70 @@ impl EbpfSource {
         self.full
     }
 
+    pub fn checkpoint_failures(&self) -> u64 {
+        self.checkpoint_failures
+    }
+
     /// Makes the kernel attribute exactly the cgroups in `wanted` (id -> since_ns).
     /// Returns the ids that could not be tracked because the map is full.
     pub fn sync(&mut self, wanted: &HashMap<u64, u64>) -> Result<HashSet<u64>, KernelError> {
+        let mut changed = false;
         if !self.reconciled {
             // Entries pinned by a previous run: keep those still wanted (their counters
             // continue), drop the rest.
-            let pinned: Vec<u64> = self
-                .kernel
-                .read_cgroups()?
-                .iter()
-                .map(|(id, _)| *id)
-                .collect();
-            for id in pinned {
-                if wanted.contains_key(&id) {
-                    self.tracked.insert(id);
+            let mut used = HashSet::new();
+            for (id, entry) in self.kernel.tracked_entries()? {
+                if wanted.contains_key(&id) && entry.slot < self.max_tracked {
+                    self.tracked.insert(id, entry.slot);
+                    used.insert(entry.slot);
                 } else {
                     self.kernel.untrack(id);
+                    changed = true;
                 }
             }
+            self.slots.adopt(&used);
+            self.generation = self.kernel.generation()?;
             self.reconciled = true;
         }
+        self.slots.start_sync();
         let stale: Vec<u64> = self
             .tracked
-            .iter()
+            .keys()
             .filter(|id| !wanted.contains_key(id))
             .copied()
             .collect();
         for id in stale {
             self.kernel.untrack(id);
-            self.tracked.remove(&id);
+            if let Some(slot) = self.tracked.remove(&id) {
+                self.slots.release(slot);
+            }
+            changed = true;
         }
         let mut untracked = HashSet::new();
-        for (&id, &since) in wanted {
-            if self.tracked.contains(&id) {
+        for (&id, &since_ns) in wanted {
+            if self.tracked.contains_key(&id) {
                 continue;
             }
-            if self.kernel.track(id, since)? {
-                self.tracked.insert(id);
+            let Some(slot) = self.slots.take() else {
+                untracked.insert(id);
+                continue;
+            };
+            let entry = TrackedCgroup {
+                slot,
+                since_ns,
+                ..TrackedCgroup::default()
+            };
+            if self.kernel.track(id, entry)? {
+                self.tracked.insert(id, slot);
+                changed = true;
             } else {
+                self.slots.put_back(slot);
                 untracked.insert(id);
             }
+        }
+        if changed {
+            self.generation += 1;
+            self.kernel.set_generation(self.generation)?;
         }
         // Count and log each cgroup once when it first does not fit, not every cycle.
         for &id in &untracked {
@@ -202,65 +273,65 @@ impl EbpfSource {
         Ok(untracked)
     }
 
-    /// Runs the iterator (which brings every tracked cgroup's counters up to date) and
-    /// then reads the counters.
-    pub fn read(&mut self) -> Result<(), KernelError> {
-        self.kernel.sample_threads(&mut self.samples)?;
-        self.by_tgid.clear();
-        for thread in &self.samples {
-            let entry = self.by_tgid.entry(thread.tgid).or_insert_with(|| {
-                (
-                    thread.cgroup_id,
-                    ProcessSample {
-                        pid: thread.tgid,
-                        ..ProcessSample::default()
-                    },
-                )
-            });
-            if thread.flags & sample_flags::LEADER != 0 {
-                entry.0 = thread.cgroup_id;
-            }
-            fold_thread(&mut entry.1, thread, self.page_size);
-        }
-        let reading = &mut self.reading;
-        reading.threads = self.samples.len();
-        reading.processes.clear();
-        reading.processes.extend(self.by_tgid.values().copied());
-        reading
-            .processes
-            .sort_unstable_by_key(|(cgroup, p)| (*cgroup, p.pid));
-        reading.ranges.clear();
-        let mut start = 0;
-        for (i, (cgroup, _)) in reading.processes.iter().enumerate() {
-            let next = reading.processes.get(i + 1).map(|(c, _)| *c);
-            if next != Some(*cgroup) {
-                reading.ranges.insert(*cgroup, (start, i + 1));
-                start = i + 1;
-            }
-        }
-        reading.cgroups.clear();
-        for (id, cpu) in self.kernel.read_cgroups()? {
-            let CgroupCpu {
-                run_ns,
-                user_ns,
-                system_ns,
-                ..
-            } = *cpu;
-            reading.cgroups.insert(
-                *id,
-                CpuTimes {
-                    run_ns,
-                    user_ns,
-                    system_ns,
-                },
+    /// Brings every tracked cgroup's counters up to now (the threads running on each CPU
+    /// included) and reads them into `out`: cumulative CPU by cgroup id, exited threads
+    /// included.
+    pub fn read(&mut self, out: &mut FastMap<u64, CpuTimes>) -> Result<(), KernelError> {
+        let failed = self.kernel.checkpoint();
+        if failed > 0 {
+            self.checkpoint_failures += u64::from(failed);
+            warn!(
+                cpus = failed,
+                "checkpointing the running threads failed on some CPUs: their current \
+                 slices are counted at their next context switch instead"
             );
+        }
+        self.kernel
+            .read_cgroup_cpu(self.slots.high_water(), &mut self.counters)?;
+        out.clear();
+        for (&id, &slot) in &self.tracked {
+            if let Some(cpu) = self.counters.get(slot as usize) {
+                out.insert(
+                    id,
+                    CpuTimes {
+                        run_ns: cpu.run_ns,
+                        user_ns: cpu.user_ns,
+                        system_ns: cpu.system_ns,
+                    },
+                );
+            }
         }
         Ok(())
     }
 
-    /// The last successful [`EbpfSource::read`].
-    pub fn reading(&self) -> &EbpfReading {
-        &self.reading
+    /// Samples processes `pids` through the per-process task iterator and appends one
+    /// [`ProcessSample`] per process still alive to `out`.
+    pub fn sample_processes(
+        &mut self,
+        pids: &[u32],
+        out: &mut Vec<ProcessSample>,
+    ) -> Result<(), KernelError> {
+        for &pid in pids {
+            self.samples.clear();
+            self.kernel.sample_process(pid, &mut self.samples)?;
+            if self.samples.is_empty() {
+                continue; // exited since it was listed
+            }
+            let mut process = ProcessSample {
+                pid,
+                ..ProcessSample::default()
+            };
+            for thread in &self.samples {
+                fold_thread(&mut process, thread, self.page_size);
+            }
+            out.push(process);
+        }
+        Ok(())
+    }
+
+    /// Lets go of the per-process iterators of processes no longer asked about.
+    pub fn retain_processes(&mut self, keep: &HashSet<u32>) {
+        self.kernel.retain_process_links(|pid| keep.contains(&pid));
     }
 }
 
@@ -310,5 +381,35 @@ mod tests {
                 swap_bytes: 0
             })
         );
+    }
+
+    #[test]
+    fn slots_are_reused_only_after_a_quarantine() {
+        let mut slots = Slots::new(3);
+        slots.start_sync();
+        let (a, b) = (slots.take().unwrap(), slots.take().unwrap());
+        assert_eq!((a, b), (0, 1));
+        slots.release(a);
+        assert_eq!(
+            slots.take(),
+            Some(2),
+            "a released slot is not reused in the same sync"
+        );
+        assert_eq!(slots.take(), None, "capacity reached");
+        slots.start_sync();
+        assert_eq!(slots.take(), Some(0), "reused one sync later");
+        assert_eq!(slots.high_water(), 3);
+        slots.put_back(0);
+        assert_eq!(slots.take(), Some(0), "a slot never used is free at once");
+    }
+
+    #[test]
+    fn adopting_pinned_slots_frees_the_gaps() {
+        let mut slots = Slots::new(10);
+        slots.adopt(&HashSet::from([1, 4]));
+        assert_eq!(slots.high_water(), 5);
+        let mut taken: Vec<u32> = std::iter::from_fn(|| slots.take()).take(4).collect();
+        taken.sort_unstable();
+        assert_eq!(taken, vec![0, 2, 3, 5]);
     }
 }

@@ -1,13 +1,26 @@
 //! The collection cycle: sources -> samples -> rates -> snapshot.
 //!
 //! Once per interval [`Collector::cycle`] brings the task set up to date (cgroupfs scan,
-//! configured allocations), reads CPU from the eBPF programs (or /proc), reads each
-//! task's cgroup memory and throttling, turns two readings into rates, and returns an
-//! immutable [`Snapshot`]. Nothing here runs on the request path.
+//! configured allocations), reads every task's CPU, reads cgroup memory and throttling
+//! where due, turns two readings into rates, and returns an immutable [`Snapshot`].
+//! Nothing here runs on the request path.
+//!
+//! What is read depends on whether anyone is looking (eBPF source):
+//!
+//! | | every allocation | allocations asked about in the last `detail_for` |
+//! |---|---|---|
+//! | task CPU | kernel counters: one batch read for all tasks | the same |
+//! | cgroup memory, throttling | every `cgroup_refresh`, spread over the period | every interval |
+//! | processes (`Pids`) | not collected | every interval, per-process task iterator |
+//!
+//! The first request for an allocation not yet detailed has the collector thread run
+//! [`Collector::detail_now`] for it at once, so even a single request gets `Pids` and
+//! fresh cgroup figures. The /proc source (Nomad's method) reads every process of every
+//! task every interval anyway, so there everything is detailed.
 
 pub mod assemble;
 pub mod ebpf;
-mod fastmap;
+pub mod fastmap;
 pub mod rates;
 pub mod runner;
 pub mod sample;
@@ -16,7 +29,7 @@ pub mod tasks;
 mod tests;
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{HashMap, HashSet},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -26,11 +39,12 @@ use thiserror::Error;
 use tracing::{debug, error, warn};
 
 use self::{
-    assemble::{PidFigures, TaskFigures},
-    ebpf::{EbpfReading, EbpfSource},
-    rates::{total_ticks, CpuRates},
-    sample::ProcessSample,
-    tasks::{Members, TaskEntry, TaskSet},
+    assemble::PidFigures,
+    ebpf::EbpfSource,
+    fastmap::FastMap,
+    rates::{total_ticks, CounterTrack, CpuRates},
+    sample::{CpuTimes, ProcessSample},
+    tasks::{Members, TaskEntry, TaskKey, TaskSet},
 };
 use crate::{
     cgroup::{CgroupMounts, Discovery, NomadParents},
@@ -54,7 +68,10 @@ pub enum CollectError {
 /// The settings a running collector can take from a reloaded configuration.
 #[derive(Clone, Debug)]
 struct Settings {
-    idle_refresh: Duration,
+    interval: Duration,
+    cgroup_refresh: Duration,
+    detail_for: Duration,
+    detail_all: bool,
     cpu_total_compute: Option<u64>,
     data_dirs: Vec<PathBuf>,
     allocations: Vec<StaticAllocation>,
@@ -63,11 +80,20 @@ struct Settings {
 impl Settings {
     fn from_config(config: &Config) -> Self {
         Self {
-            idle_refresh: config.idle_refresh,
+            interval: config.interval,
+            cgroup_refresh: config.cgroup_refresh,
+            detail_for: config.detail_for,
+            detail_all: config.detail_all,
             cpu_total_compute: (config.cpu_total_compute > 0).then_some(config.cpu_total_compute),
             data_dirs: config.data_dirs.clone(),
             allocations: config.allocations.clone(),
         }
+    }
+
+    /// Cycles between two background reads of a task's cgroup files.
+    fn refresh_cycles(&self) -> u64 {
+        let cycles = self.cgroup_refresh.as_nanos() / self.interval.as_nanos().max(1);
+        u64::try_from(cycles).unwrap_or(u64::MAX).max(1)
     }
 }
 
@@ -133,11 +159,90 @@ pub struct Collector {
     previous_scan_ns: u64,
     cycles: u64,
     cycle_errors: u64,
-    pid_scratch: Vec<u32>,
     /// The task set generation the kernel map was last brought up to date with.
     synced_generation: Option<u64>,
-    /// Cgroup ids the kernel map had no room for (their tasks are measured from /proc).
+    /// Cgroup ids the kernel map had no room for (their tasks are measured per process).
     untrackable: HashSet<u64>,
+    /// Allocations collected in detail, and until when (see the module comment).
+    detail_until: HashMap<String, Instant>,
+    /// `TotalTicks` of one percent of a core, as of the last cycle.
+    ticks_per_percent: f64,
+    /// Cumulative CPU per tracked cgroup id from the last kernel reading (exited threads
+    /// included); kept between cycles to reuse its allocation.
+    kernel_cpu: FastMap<u64, CpuTimes>,
+    scratch: Scratch,
+}
+
+/// Buffers reused from cycle to cycle, and what they sampled.
+#[derive(Default)]
+struct Scratch {
+    pids: Vec<u32>,
+    samples: Vec<ProcessSample>,
+    /// Processes sampled one by one in the current cycle.
+    sampled: HashSet<u32>,
+}
+
+/// Where a task's figures come from this cycle, borrowed from the collector.
+struct Sources<'a> {
+    ebpf: Option<&'a mut EbpfSource>,
+    procs: &'a mut ProcReader,
+    scratch: &'a mut Scratch,
+}
+
+/// The task's cgroups are gone: it ended.
+struct Vanished;
+
+impl Sources<'_> {
+    /// Samples every process of the task: listed from its cgroups (descendants included)
+    /// or from the configuration, then read one by one through the per-process task
+    /// iterator (eBPF) or /proc. Processes that exit meanwhile are skipped.
+    fn processes_of(&mut self, task: &TaskEntry) -> Result<Vec<ProcessSample>, Vanished> {
+        let pids = &mut self.scratch.pids;
+        pids.clear();
+        match &task.members {
+            Members::Cgroups(cgroups) => match cgroups.read_procs() {
+                Ok(listed) => pids.extend(listed),
+                Err(e) if e.is_vanished() => return Err(Vanished),
+                Err(e) => warn!(error = %e, "listing a task's processes"),
+            },
+            Members::Pids(configured) => pids.extend(configured),
+        }
+        let samples = &mut self.scratch.samples;
+        samples.clear();
+        match self.ebpf.as_deref_mut() {
+            Some(ebpf) => {
+                if let Err(e) = ebpf.sample_processes(pids, samples) {
+                    warn!(error = %e, "sampling processes through the task iterator");
+                }
+                if !ebpf.reads_process_memory() {
+                    // A kernel whose mm_struct layout is unknown: memory from /proc.
+                    for process in samples.iter_mut() {
+                        process.memory = read_process_memory(self.procs, process.pid);
+                    }
+                }
+            }
+            None => {
+                for &pid in pids.iter() {
+                    match self.procs.sample(pid, true) {
+                        Ok(Some(sample)) => samples.push(sample),
+                        Ok(None) => {}
+                        Err(e) => debug!(pid, error = %e, "reading a process"),
+                    }
+                }
+            }
+        }
+        self.scratch.sampled.extend(samples.iter().map(|p| p.pid));
+        Ok(samples.clone())
+    }
+}
+
+/// A task's CPU over one interval.
+struct TaskCpu {
+    rates: CpuRates,
+    /// Cumulative CPU ns (see `TaskInfo::cpu_total_ns`).
+    total_ns: u64,
+    /// Per-process figures, when collected.
+    processes: Option<Vec<(ProcessSample, CpuRates)>>,
 }
 
 impl Collector {
@@ -203,7 +308,7 @@ impl Collector {
                             "!!! eBPF COULD NOT BE LOADED: falling back to reading CPU time from /proc \
                              for every process every interval (Nomad's costly method; exited \
                              processes between samples are missed). Run as root on a kernel with \
-                             BTF, tp_btf and task iterators (5.11+) to use eBPF."
+                             BTF, tp_btf, task storage and task iterators (6.1+) to use eBPF."
                         );
                         (None, Some(reason))
                     }
@@ -221,9 +326,12 @@ impl Collector {
             previous_scan_ns: monotonic_ns(),
             cycles: 0,
             cycle_errors: 0,
-            pid_scratch: Vec::new(),
             synced_generation: None,
             untrackable: HashSet::new(),
+            detail_until: HashMap::new(),
+            ticks_per_percent: 0.0,
+            kernel_cpu: FastMap::default(),
+            scratch: Scratch::default(),
         })
     }
 
@@ -245,11 +353,20 @@ impl Collector {
         self.settings = Settings::from_config(config);
     }
 
+    /// Keeps the allocations clients asked for detailed for `detail_for` from now.
+    pub fn note_requests(&mut self, alloc_ids: &[String]) {
+        let until = Instant::now() + self.settings.detail_for;
+        for id in alloc_ids {
+            self.detail_until.insert(id.clone(), until);
+        }
+    }
+
     /// One collection cycle.
     pub fn cycle(&mut self) -> Snapshot {
         let started = Instant::now();
         let cpu_before = thread_cpu_time();
         let mut errors = 0u64;
+        self.detail_until.retain(|_, until| *until > started);
 
         let scan_ns = monotonic_ns();
         let attribution = self.ebpf.as_ref().map(|e| e.attribution().clone());
@@ -267,7 +384,7 @@ impl Collector {
         );
         self.previous_scan_ns = scan_ns;
 
-        let reading = match self.ebpf.as_mut() {
+        let kernel_read = match self.ebpf.as_mut() {
             Some(ebpf) => {
                 if self.synced_generation != Some(self.tasks.generation()) {
                     let wanted = self.tasks.attribution_ids();
@@ -285,7 +402,7 @@ impl Collector {
                         }
                     }
                 }
-                match ebpf.read() {
+                match ebpf.read(&mut self.kernel_cpu) {
                     Ok(()) => true,
                     Err(e) => {
                         errors += 1;
@@ -296,103 +413,58 @@ impl Collector {
             }
             None => false,
         };
-        let reading = if reading {
-            self.ebpf.as_ref().map(EbpfSource::reading)
-        } else {
-            None
-        };
         let at = Instant::now();
         let timestamp = unix_ns();
-
         let (total_compute, cores) = self.compute_capacity();
-        let ticks_per_percent = total_ticks(1.0, total_compute, cores);
-        let kernel_memory = self
-            .ebpf
-            .as_ref()
-            .is_some_and(EbpfSource::reads_process_memory);
+        self.ticks_per_percent = total_ticks(1.0, total_compute, cores);
 
-        let mut allocs: BTreeMap<String, (AllocInfo, Vec<(String, TaskFigures)>)> = BTreeMap::new();
+        self.scratch.sampled.clear();
+        let refresh_cycles = self.settings.refresh_cycles();
         let mut vanished = Vec::new();
+        let detail_all = self.settings.detail_all || self.ebpf.is_none();
+        let mut sources = Sources {
+            ebpf: self.ebpf.as_mut(),
+            procs: &mut self.procs,
+            scratch: &mut self.scratch,
+        };
         for (key, task) in self.tasks.tasks.iter_mut() {
-            let by_kernel = reading.is_some()
+            let kernel = (kernel_read
                 && !task.attribution.is_empty()
                 && !task
                     .attribution
                     .iter()
-                    .any(|id| self.untrackable.contains(id));
-            let TaskCpu {
-                rates,
-                total_ns: cpu_total_ns,
-                processes,
-            } = if by_kernel {
-                let reading = reading.expect("checked above");
-                kernel_task_cpu(task, reading, at)
-            } else {
-                match procfs_task_cpu(task, &mut self.procs, &mut self.pid_scratch, at) {
-                    Some(r) => r,
-                    None => {
-                        vanished.push(key.clone());
-                        continue;
-                    }
-                }
-            };
-            let pids: Vec<PidFigures> = processes
-                .iter()
-                .map(|(p, rates)| PidFigures {
-                    pid: p.pid,
-                    rates: *rates,
-                    memory: p.memory.or_else(|| {
-                        // eBPF on a kernel whose mm layout we do not know: /proc for this
-                        // process only (the kernel normally gives it for free).
-                        (by_kernel && !kernel_memory)
-                            .then(|| read_process_memory(&mut self.procs, p.pid))
-                            .flatten()
-                    }),
-                })
-                .collect();
-
-            if let Err(gone) = refresh_cgroup_figures(task, &rates, at, self.settings.idle_refresh)
-            {
-                if gone {
+                    .any(|id| self.untrackable.contains(id)))
+            .then_some(&self.kernel_cpu);
+            let want_processes = detail_all || self.detail_until.contains_key(&key.0);
+            let cpu = match task_cpu(task, kernel, &mut sources, want_processes, at) {
+                Ok(cpu) => cpu,
+                Err(Vanished) => {
                     vanished.push(key.clone());
                     continue;
                 }
-                errors += 1;
-            }
-            let figures = TaskFigures {
-                rates,
-                memory: task.memory,
-                throttling: task.throttling,
-                pids,
-                timestamp,
             };
-            let (info, tasks) = allocs.entry(key.0.clone()).or_insert_with(|| {
-                (
-                    AllocInfo {
-                        id: key.0.clone(),
-                        origin: task.origin.clone(),
-                        job: task.meta.job.clone(),
-                        namespace: task.meta.namespace.clone(),
-                        task_group: task.meta.task_group.clone(),
-                        tasks: Vec::new(),
-                    },
-                    Vec::new(),
-                )
-            });
-            info.tasks.push(TaskInfo {
-                name: key.1.clone(),
-                cgroups: task.cgroup_paths.clone(),
-                pids: match &task.members {
-                    Members::Pids(p) => p.clone(),
-                    Members::Cgroups(_) => Vec::new(),
-                },
-                cpu_total_ns,
-            });
-            tasks.push((key.1.clone(), figures));
+            let due = cpu.processes.is_some()
+                || task.cgroups_read_at.is_none()
+                || (self.cycles + task.identity()).is_multiple_of(refresh_cycles);
+            if due {
+                match refresh_cgroup_figures(task, at) {
+                    Ok(()) => {}
+                    Err(true) => {
+                        vanished.push(key.clone());
+                        continue;
+                    }
+                    Err(false) => errors += 1,
+                }
+            }
+            let pids = cpu.processes.as_deref().map(pid_figures);
+            task.set_figures(cpu.rates, cpu.total_ns, pids, timestamp);
         }
         for key in vanished {
             debug!(alloc_id = %key.0, task = %key.1, "task cgroup vanished during the cycle");
             self.tasks.tasks.remove(&key);
+        }
+        if let Some(ebpf) = self.ebpf.as_mut() {
+            ebpf.retain_processes(&self.scratch.sampled);
         }
 
         let host = self
@@ -402,29 +474,140 @@ impl Collector {
         if errors > 0 {
             self.cycle_errors += 1;
         }
+        let allocations = self.allocation_entries();
         let health = self.health(
-            reading,
+            &allocations,
             started.elapsed(),
             thread_cpu_time().saturating_sub(cpu_before),
         );
         Snapshot {
             taken_at_unix_ns: timestamp,
-            allocations: allocs
-                .into_iter()
-                .map(|(id, (info, tasks))| {
-                    let entry = AllocEntry::lazy(info, move || {
-                        tasks
-                            .iter()
-                            .map(|(name, f)| (name.clone(), f.usage(ticks_per_percent)))
-                            .collect()
-                    });
-                    (id, Arc::new(entry))
-                })
-                .collect(),
+            allocations,
             host,
             health,
             ..Snapshot::default()
         }
+    }
+
+    /// Collects allocations `alloc_ids` in detail right away (their processes and fresh
+    /// cgroup figures; CPU rates stay those of the last cycle) and returns `current` with
+    /// their entries replaced. Run when a client asks for an allocation that is not
+    /// detailed yet, so that its first answer is complete.
+    pub fn detail_now(&mut self, alloc_ids: &[String], current: &Snapshot) -> Snapshot {
+        let at = Instant::now();
+        let timestamp = unix_ns();
+        self.note_requests(alloc_ids);
+        let mut allocations = current.allocations.clone();
+        let mut vanished = Vec::new();
+        let mut sources = Sources {
+            ebpf: self.ebpf.as_mut(),
+            procs: &mut self.procs,
+            scratch: &mut self.scratch,
+        };
+        for alloc_id in alloc_ids {
+            for (key, task) in alloc_tasks_mut(&mut self.tasks, alloc_id) {
+                let processes = match sources.processes_of(task) {
+                    Ok(processes) => pid_rates(task, processes, at),
+                    Err(Vanished) => {
+                        vanished.push(key.clone());
+                        continue;
+                    }
+                };
+                if let Err(true) = refresh_cgroup_figures(task, at) {
+                    vanished.push(key.clone());
+                    continue;
+                }
+                let (rates, total_ns) = task
+                    .figures
+                    .as_ref()
+                    .map_or((CpuRates::default(), 0), |f| (f.rates, task.cpu_total_ns));
+                task.set_figures(rates, total_ns, Some(pid_figures(&processes)), timestamp);
+            }
+        }
+        for key in vanished {
+            self.tasks.tasks.remove(&key);
+        }
+        for alloc_id in alloc_ids {
+            match self.allocation_entry(alloc_id) {
+                Some(entry) => allocations.insert(alloc_id.clone(), Arc::new(entry)),
+                None => allocations.remove(alloc_id),
+            };
+        }
+        Snapshot {
+            taken_at_unix_ns: current.taken_at_unix_ns,
+            allocations,
+            host: current.host.clone(),
+            health: current.health.clone(),
+            ..Snapshot::default()
+        }
+    }
+
+    /// Every allocation's snapshot entry.
+    fn allocation_entries(&self) -> HashMap<String, Arc<AllocEntry>> {
+        let mut out = HashMap::new();
+        let mut tasks = self.tasks.tasks.iter().peekable();
+        while let Some(((alloc_id, _), _)) = tasks.peek() {
+            let alloc_id = alloc_id.clone();
+            let group: Vec<(&TaskKey, &TaskEntry)> =
+                std::iter::from_fn(|| tasks.next_if(|((a, _), _)| *a == alloc_id)).collect();
+            if let Some(entry) = self.entry_of(&alloc_id, group) {
+                out.insert(alloc_id, Arc::new(entry));
+            }
+        }
+        out
+    }
+
+    /// One allocation's snapshot entry, or None when it has no task (any more).
+    fn allocation_entry(&self, alloc_id: &str) -> Option<AllocEntry> {
+        let group = self
+            .tasks
+            .tasks
+            .range((alloc_id.to_owned(), String::new())..)
+            .take_while(|((a, _), _)| a == alloc_id)
+            .collect();
+        self.entry_of(alloc_id, group)
+    }
+
+    /// The entry of allocation `alloc_id` made of `tasks` (all its tasks). Nomad's types
+    /// are built from the tasks' figures only when something reads them.
+    fn entry_of(&self, alloc_id: &str, tasks: Vec<(&TaskKey, &TaskEntry)>) -> Option<AllocEntry> {
+        let (_, first) = tasks.first()?;
+        let mut info = AllocInfo {
+            id: alloc_id.to_owned(),
+            origin: first.origin.clone(),
+            job: first.meta.job.clone(),
+            namespace: first.meta.namespace.clone(),
+            task_group: first.meta.task_group.clone(),
+            tasks: Vec::with_capacity(tasks.len()),
+        };
+        let mut figures = Vec::with_capacity(tasks.len());
+        let mut detailed = true;
+        for ((_, name), task) in tasks {
+            let Some(f) = &task.figures else {
+                continue;
+            };
+            detailed &= f.detailed;
+            info.tasks.push(TaskInfo {
+                name: name.clone(),
+                cgroups: task.cgroup_paths.clone(),
+                pids: match &task.members {
+                    Members::Pids(p) => p.clone(),
+                    Members::Cgroups(_) => Vec::new(),
+                },
+                cpu_total_ns: task.cpu_total_ns,
+            });
+            figures.push((name.clone(), Arc::clone(f)));
+        }
+        if figures.is_empty() {
+            return None;
+        }
+        let ticks_per_percent = self.ticks_per_percent;
+        Some(AllocEntry::lazy(info, detailed, move || {
+            figures
+                .iter()
+                .map(|(name, f)| (name.clone(), f.usage(ticks_per_percent)))
+                .collect()
+        }))
     }
 
     /// (TotalCompute MHz, logical cores) for TotalTicks.
@@ -437,7 +620,12 @@ impl Collector {
         (total as f64, cores)
     }
 
-    fn health(&self, reading: Option<&EbpfReading>, took: Duration, cpu: Duration) -> Health {
+    fn health(
+        &self,
+        allocations: &HashMap<String, Arc<AllocEntry>>,
+        took: Duration,
+        cpu: Duration,
+    ) -> Health {
         let mut health = Health {
             source: self.source_kind(),
             fallback_reason: self.fallback_reason.clone(),
@@ -445,30 +633,92 @@ impl Collector {
             cycle_cpu: cpu,
             cycles: self.cycles,
             cycle_errors: self.cycle_errors,
+            detailed_allocations: allocations.values().filter(|a| a.detailed).count() as u64,
+            processes_sampled: self.scratch.sampled.len() as u64,
             ..Health::default()
         };
         if let Some(ebpf) = &self.ebpf {
-            health.programs_attached = 2;
+            health.programs_attached = 3;
             health.kernel = ebpf.kernel_stats();
             (
                 health.sched_switch_run_count,
                 health.sched_switch_run_time_ns,
-            ) = ebpf.sched_switch_run_stats();
+            ) = ebpf.program_run_stats().sched_switch;
             health.tracked_cgroups = ebpf.tracked() as u64;
             health.max_tracked_cgroups = u64::from(ebpf.max_tracked());
             health.tracked_cgroups_full = ebpf.full_events();
-            health.threads_sampled = reading.map_or(0, |r| r.threads as u64);
+            health.checkpoint_failures = ebpf.checkpoint_failures();
         }
         health
     }
 }
 
-/// A task's CPU over one interval.
-struct TaskCpu {
-    rates: CpuRates,
-    /// Cumulative CPU ns (see `TaskInfo::cpu_total_ns`).
-    total_ns: u64,
-    processes: Vec<(ProcessSample, CpuRates)>,
+/// The tasks of one allocation, mutably.
+fn alloc_tasks_mut<'a>(
+    tasks: &'a mut TaskSet,
+    alloc_id: &'a str,
+) -> impl Iterator<Item = (&'a TaskKey, &'a mut TaskEntry)> + 'a {
+    tasks
+        .tasks
+        .range_mut((alloc_id.to_owned(), String::new())..)
+        .take_while(move |((a, _), _)| a == alloc_id)
+}
+
+/// One task's CPU this cycle.
+///
+/// With `kernel` counters (eBPF, the task's cgroups tracked): the task's CPU is the
+/// change of its cgroups' cumulative counters, exited processes included; its processes
+/// are sampled only when `want_processes`. Otherwise (the /proc source, configured PIDs,
+/// cgroups that did not fit the kernel map) the task's CPU is the sum of its processes'
+/// (Nomad's method: a process that exited between two samples is not counted), so the
+/// processes are always sampled.
+fn task_cpu(
+    task: &mut TaskEntry,
+    kernel: Option<&FastMap<u64, CpuTimes>>,
+    sources: &mut Sources<'_>,
+    want_processes: bool,
+    at: Instant,
+) -> Result<TaskCpu, Vanished> {
+    let Some(kernel) = kernel else {
+        // No cumulative counter of the task's own this way: a later switch to the
+        // kernel's starts from a first sample.
+        task.cpu = CounterTrack::default();
+        let processes = sources.processes_of(task)?;
+        let total_ns = processes.iter().map(|p| p.cpu.run_ns).sum();
+        let processes = pid_rates(task, processes, at);
+        let mut rates = CpuRates::default();
+        for (_, r) in &processes {
+            rates.percent += r.percent;
+            rates.user_mode += r.user_mode;
+            rates.system_mode += r.system_mode;
+        }
+        return Ok(TaskCpu {
+            rates,
+            total_ns,
+            processes: Some(processes),
+        });
+    };
+    let mut cumulative = CpuTimes::default();
+    for id in &task.attribution {
+        if let Some(cpu) = kernel.get(id) {
+            cumulative = cumulative.saturating_add(*cpu);
+        }
+    }
+    let identity = task.identity();
+    let rates = task.cpu.update(identity, cumulative, at);
+    let processes = if want_processes {
+        let processes = sources.processes_of(task)?;
+        Some(pid_rates(task, processes, at))
+    } else {
+        // Not looked at: per-process state is dropped, the next detail starts afresh.
+        task.pids.clear();
+        None
+    };
+    Ok(TaskCpu {
+        rates,
+        total_ns: cumulative.run_ns,
+        processes,
+    })
 }
 
 /// Per-PID rates: each process against its previous reading (same PID and start).
@@ -492,71 +742,6 @@ fn pid_rates(
         .collect()
 }
 
-/// eBPF: the task's CPU is its cgroups' cumulative counters (exited processes included);
-/// its processes are the iterator's.
-fn kernel_task_cpu(task: &mut TaskEntry, reading: &EbpfReading, at: Instant) -> TaskCpu {
-    let mut cumulative = sample::CpuTimes::default();
-    let mut processes = Vec::new();
-    for id in &task.attribution {
-        if let Some(cpu) = reading.cgroups.get(id) {
-            cumulative = cumulative.saturating_add(*cpu);
-        }
-        processes.extend(reading.processes_of(*id).copied());
-    }
-    processes.sort_unstable_by_key(|p| p.pid);
-    let identity = task.identity();
-    let rates = task.cpu.update(identity, cumulative, at);
-    TaskCpu {
-        rates,
-        total_ns: cumulative.run_ns,
-        processes: pid_rates(task, processes, at),
-    }
-}
-
-/// /proc (Nomad's method): every process of the task, every interval; the task's CPU is
-/// the sum of its processes' rates, so a process that exited between two samples is not
-/// counted. None when the task's cgroup vanished.
-fn procfs_task_cpu(
-    task: &mut TaskEntry,
-    procs: &mut ProcReader,
-    scratch: &mut Vec<u32>,
-    at: Instant,
-) -> Option<TaskCpu> {
-    // The task's own cumulative counter is the kernel's; measured this way it has none,
-    // so a later switch back to eBPF starts from a first sample.
-    task.cpu = rates::CounterTrack::default();
-    scratch.clear();
-    match &task.members {
-        Members::Cgroups(cgroups) => match cgroups.read_procs() {
-            Ok(pids) => scratch.extend(pids),
-            Err(e) if e.is_vanished() => return None,
-            Err(e) => warn!(error = %e, "listing a task's processes"),
-        },
-        Members::Pids(pids) => scratch.extend(pids),
-    }
-    let mut processes = Vec::with_capacity(scratch.len());
-    for &pid in scratch.iter() {
-        match procs.sample(pid, true) {
-            Ok(Some(sample)) => processes.push(sample),
-            Ok(None) => {}
-            Err(e) => debug!(pid, error = %e, "reading a process"),
-        }
-    }
-    let cpu_total_ns = processes.iter().map(|p| p.cpu.run_ns).sum();
-    let pids = pid_rates(task, processes, at);
-    let mut rates = CpuRates::default();
-    for (_, r) in &pids {
-        rates.percent += r.percent;
-        rates.user_mode += r.user_mode;
-        rates.system_mode += r.system_mode;
-    }
-    Some(TaskCpu {
-        rates,
-        total_ns: cpu_total_ns,
-        processes: pids,
-    })
-}
-
 fn read_process_memory(procs: &mut ProcReader, pid: u32) -> Option<sample::ProcessMemory> {
     let statm = procs.read_statm(pid).ok()??;
     let swap = procs.read_vmswap(pid).ok()?.unwrap_or(0);
@@ -566,25 +751,12 @@ fn read_process_memory(procs: &mut ProcReader, pid: u32) -> Option<sample::Proce
     })
 }
 
-/// Reads the task's cgroup memory and throttling when they can have changed: the task ran
-/// this interval (throttling only moves when it runs), or `idle_refresh` passed.
-/// `Err(true)`: the cgroup is gone.
-fn refresh_cgroup_figures(
-    task: &mut TaskEntry,
-    rates: &CpuRates,
-    at: Instant,
-    idle_refresh: Duration,
-) -> Result<(), bool> {
+/// Reads the task's cgroup memory and throttling. `Err(true)`: the cgroup is gone;
+/// `Err(false)`: a read failed (logged; the previous figures stay).
+fn refresh_cgroup_figures(task: &mut TaskEntry, at: Instant) -> Result<(), bool> {
     let Some(cgroups) = task.cgroups() else {
         return Ok(());
     };
-    let due = match task.cgroups_read_at {
-        None => true,
-        Some(last) => rates.percent > 0.0 || at.saturating_duration_since(last) >= idle_refresh,
-    };
-    if !due {
-        return Ok(());
-    }
     let memory = cgroups.read_memory();
     let throttling = cgroups.read_throttling();
     match (memory, throttling) {
@@ -600,4 +772,16 @@ fn refresh_cgroup_figures(
             Err(false)
         }
     }
+}
+
+/// The per-process part of [`TaskFigures`].
+fn pid_figures(processes: &[(ProcessSample, CpuRates)]) -> Vec<PidFigures> {
+    processes
+        .iter()
+        .map(|(p, rates)| PidFigures {
+            pid: p.pid,
+            rates: *rates,
+            memory: p.memory,
+        })
+        .collect()
 }

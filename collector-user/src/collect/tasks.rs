@@ -11,7 +11,10 @@ use std::{
 
 use tracing::{debug, info, warn};
 
-use super::rates::CounterTrack;
+use super::{
+    assemble::{PidFigures, TaskFigures},
+    rates::{CounterTrack, CpuRates},
+};
 use crate::{
     cgroup::{
         CgroupDir, DiscoveredTask, Discovery, Hierarchies, MemoryFigures, TaskCgroups,
@@ -61,6 +64,10 @@ pub struct TaskEntry {
     pub memory: Option<MemoryFigures>,
     pub throttling: ThrottleFigures,
     pub cgroups_read_at: Option<Instant>,
+    /// Cumulative CPU ns (see `TaskInfo::cpu_total_ns`).
+    pub cpu_total_ns: u64,
+    /// The figures of the last cycle, shared with the snapshot that shows them.
+    pub figures: Option<Arc<TaskFigures>>,
 }
 
 /// How often (in cycles) a task's child cgroups are looked for again. Tasks are spread
@@ -91,7 +98,29 @@ impl TaskEntry {
             memory: None,
             throttling: ThrottleFigures::default(),
             cgroups_read_at: None,
+            cpu_total_ns: 0,
+            figures: None,
         }
+    }
+
+    /// Records this cycle's figures: CPU as given, memory and throttling as last read,
+    /// `pids` when the processes were sampled.
+    pub fn set_figures(
+        &mut self,
+        rates: CpuRates,
+        cpu_total_ns: u64,
+        pids: Option<Vec<PidFigures>>,
+        timestamp: i64,
+    ) {
+        self.cpu_total_ns = cpu_total_ns;
+        self.figures = Some(Arc::new(TaskFigures {
+            rates,
+            memory: self.memory,
+            throttling: self.throttling,
+            detailed: pids.is_some(),
+            pids: pids.unwrap_or_default(),
+            timestamp,
+        }));
     }
 
     /// An identity for the task's cumulative counter: changes when its cgroups do.

@@ -1,6 +1,7 @@
 //! Loading, attaching and reading the eBPF programs: [`KernelAccounting`].
 
 use std::{
+    collections::HashMap,
     io::Read,
     mem::size_of,
     os::fd::{AsFd, OwnedFd},
@@ -8,14 +9,19 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap as BpfHashMap, IterableMap, MapData, MapError, MapInfo, MapType, PerCpuArray},
+    maps::{
+        Array, HashMap as BpfHashMap, IterableMap, MapData, MapError, MapInfo, MapType, PerCpuArray,
+    },
     programs::{
         links::{FdLink, PinnedLink},
-        loaded_programs, BtfTracePoint, Iter, ProgramError,
+        loaded_programs, BtfTracePoint, Iter, ProgramError, RawTracePoint, RawTracePointRunOptions,
+        TestRun,
     },
     Btf as AyaBtf, Ebpf, EbpfError, EbpfLoader,
 };
-use collector_common::{stat, CgroupCpu, KernelLayout, ThreadLast, ThreadSample};
+use collector_common::{
+    control, stat, CgroupCpu, KernelLayout, ThreadSample, ThreadState, TrackedCgroup,
+};
 use thiserror::Error;
 use tracing::{info, warn};
 
@@ -30,10 +36,20 @@ use super::{
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collector"));
 
 const SWITCH_PROGRAM: &str = "sched_switch";
-const ITER_PROGRAM: &str = "task_cpu";
+const CHECKPOINT_PROGRAM: &str = "checkpoint";
+const ITER_PROGRAM: &str = "process_threads";
 const TRACKED_MAP: &str = "TRACKED_CGROUPS";
+const CGROUP_CPU_MAP: &str = "CGROUP_CPU";
+const CONTROL_MAP: &str = "CONTROL";
 const STATS_MAP: &str = "STATS";
-const THREAD_LAST_MAP: &str = "THREAD_LAST";
+const THREAD_STATE_MAP: &str = "THREAD_STATE";
+const PINNED_MAPS: [&str; 5] = [
+    TRACKED_MAP,
+    CGROUP_CPU_MAP,
+    CONTROL_MAP,
+    STATS_MAP,
+    THREAD_STATE_MAP,
+];
 const SWITCH_LINK_PIN: &str = "sched_switch_link";
 
 #[derive(Debug, Error)]
@@ -66,7 +82,7 @@ pub enum KernelError {
 #[derive(Clone, Debug)]
 pub struct KernelOptions {
     pub attribution: Attribution,
-    /// Capacity of the tracked-cgroups map.
+    /// Capacity of the tracked-cgroups map and of the counters array.
     pub max_tracked_cgroups: u32,
     /// Where to pin maps and the sched_switch link; `None` keeps nothing after exit.
     pub pin_root: Option<PathBuf>,
@@ -79,20 +95,24 @@ pub struct KernelStats {
     pub exits_unseen: u64,
     pub storage_failed: u64,
     pub samples_deferred: u64,
+    pub lookups: u64,
 }
 
-/// (run count, run time ns) per program.
+/// (run count, run time ns) per program, as the kernel accounts them while
+/// `kernel.bpf_stats_enabled` is set.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProgramRunStats {
     pub sched_switch: (u64, u64),
-    pub task_iter: (u64, u64),
+    pub checkpoint: (u64, u64),
+    pub process_iter: (u64, u64),
 }
 
 /// Identifies the attached programs, for health reporting and tests.
 #[derive(Clone, Debug)]
 pub struct AttachedPrograms {
     pub sched_switch_id: u32,
-    pub task_iter_id: u32,
+    pub checkpoint_id: u32,
+    pub process_iter_id: u32,
     /// The sched_switch link was found pinned and kept (a restart), not attached anew.
     pub reused_pinned_link: bool,
 }
@@ -107,21 +127,26 @@ enum SwitchLink {
     Pinned(PinnedLink),
 }
 
-/// The loaded and attached programs and the maps the daemon reads.
+/// The loaded and attached programs and the maps the daemon reads and writes.
 pub struct KernelAccounting {
-    _ebpf: Ebpf,
-    tracked: BpfHashMap<MapData, u64, CgroupCpu>,
+    ebpf: Ebpf,
+    tracked: BpfHashMap<MapData, u64, TrackedCgroup>,
+    cgroup_cpu: Array<MapData, CgroupCpu>,
+    control: Array<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
-    iter_link: OwnedFd,
     _switch_link: SwitchLink,
     /// The attached programs (ours, or the pinned one kept from a previous run).
     switch_prog_fd: OwnedFd,
+    checkpoint_prog_fd: OwnedFd,
     iter_prog_fd: OwnedFd,
+    /// Task iterator links, one per process asked about, by PID.
+    process_links: HashMap<u32, OwnedFd>,
     programs: AttachedPrograms,
     layout: KernelLayout,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// CPUs the checkpoint runs on (the configured ones; offline ones are skipped).
+    cpus: u32,
     read_buf: Vec<u8>,
-    batch: Vec<(u64, CgroupCpu)>,
 }
 
 fn program_err(name: &'static str) -> impl FnOnce(ProgramError) -> KernelError {
@@ -132,11 +157,59 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
     move |source| KernelError::Map { name, source }
 }
 
+/// The shapes the pinned maps must have for this build and configuration.
+fn map_shapes(max_tracked: u32) -> [MapShape; 5] {
+    [
+        MapShape {
+            name: TRACKED_MAP,
+            map_type: MapType::Hash,
+            key_size: size_of::<u64>() as u32,
+            value_size: size_of::<TrackedCgroup>() as u32,
+            max_entries: max_tracked,
+        },
+        MapShape {
+            name: CGROUP_CPU_MAP,
+            map_type: MapType::Array,
+            key_size: size_of::<u32>() as u32,
+            value_size: size_of::<CgroupCpu>() as u32,
+            max_entries: max_tracked,
+        },
+        MapShape {
+            name: CONTROL_MAP,
+            map_type: MapType::Array,
+            key_size: size_of::<u32>() as u32,
+            value_size: size_of::<u64>() as u32,
+            max_entries: control::COUNT,
+        },
+        MapShape {
+            name: STATS_MAP,
+            map_type: MapType::PerCpuArray,
+            key_size: size_of::<u32>() as u32,
+            value_size: size_of::<u64>() as u32,
+            max_entries: stat::COUNT,
+        },
+        MapShape {
+            name: THREAD_STATE_MAP,
+            map_type: MapType::TaskStorage,
+            key_size: size_of::<i32>() as u32,
+            value_size: size_of::<ThreadState>() as u32,
+            max_entries: 0,
+        },
+    ]
+}
+
+fn configured_cpus() -> u32 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
+    u32::try_from(n).unwrap_or(1).max(1)
+}
+
 impl KernelAccounting {
     /// Loads the programs, attaches them, and opens the maps.
     pub fn load(options: &KernelOptions) -> Result<Self, KernelError> {
         let btf = Btf::from_sys_fs()?;
         let layout = layout::resolve(&btf, &options.attribution)?;
+        drop(btf);
         let aya_btf = AyaBtf::from_sys_fs().map_err(|e| KernelError::Io {
             what: "reading /sys/kernel/btf/vmlinux",
             source: std::io::Error::other(e.to_string()),
@@ -146,46 +219,24 @@ impl KernelAccounting {
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&aya_btf))
-            // THREAD_LAST is task storage, which aya only loads on request.
+            // THREAD_STATE is task storage, which aya only loads on request.
             .allow_unsupported_maps()
             .override_global("LAYOUT", &layout, true)
-            .map_max_entries(TRACKED_MAP, options.max_tracked_cgroups);
+            .map_max_entries(TRACKED_MAP, options.max_tracked_cgroups)
+            .map_max_entries(CGROUP_CPU_MAP, options.max_tracked_cgroups);
         let pin_paths;
         if let Some(pins) = &pins {
             pins.prepare()?;
-            for shape in [
-                MapShape {
-                    name: TRACKED_MAP,
-                    map_type: MapType::Hash,
-                    key_size: size_of::<u64>() as u32,
-                    value_size: size_of::<CgroupCpu>() as u32,
-                    max_entries: options.max_tracked_cgroups,
-                },
-                MapShape {
-                    name: STATS_MAP,
-                    map_type: MapType::PerCpuArray,
-                    key_size: size_of::<u32>() as u32,
-                    value_size: size_of::<u64>() as u32,
-                    max_entries: stat::COUNT,
-                },
-                MapShape {
-                    name: THREAD_LAST_MAP,
-                    map_type: MapType::TaskStorage,
-                    key_size: size_of::<i32>() as u32,
-                    value_size: size_of::<ThreadLast>() as u32,
-                    max_entries: 0,
-                },
-            ] {
-                pins.drop_mismatched_map(&shape)?;
+            if pins.keep_if_consistent(&map_shapes(options.max_tracked_cgroups))? {
+                info!(path = %pins.dir().display(), "reusing pinned eBPF maps: counters continue");
             }
-            pin_paths =
-                [TRACKED_MAP, STATS_MAP, THREAD_LAST_MAP].map(|name| (name, pins.path(name)));
+            pin_paths = PINNED_MAPS.map(|name| (name, pins.path(name)));
             for (name, path) in &pin_paths {
                 loader.map_pin_path(name, path.as_path());
             }
         }
         let mut ebpf = loader.load(PROGRAMS)?;
-        // The iterator logs its rare failures with aya-log; drained after each pass.
+        // The programs log their rare failures with aya-log; drained after each read.
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
             Err(e) => {
@@ -201,14 +252,25 @@ impl KernelAccounting {
             .map_err(program_err(ITER_PROGRAM))?;
         iter.load("task", &aya_btf)
             .map_err(program_err(ITER_PROGRAM))?;
-        let iter_fd = iter.fd().map_err(program_err(ITER_PROGRAM))?;
-        let iter_link =
-            sys::iter_link_create(iter_fd.as_fd()).map_err(|source| KernelError::Io {
-                what: "creating the task iterator link",
-                source,
-            })?;
-        let task_iter_id = iter.info().map_err(program_err(ITER_PROGRAM))?.id();
-        let iter_prog_fd = dup_fd(iter_fd.as_fd())?;
+        let process_iter_id = iter.info().map_err(program_err(ITER_PROGRAM))?.id();
+        let iter_prog_fd = dup_fd(iter.fd().map_err(program_err(ITER_PROGRAM))?.as_fd())?;
+
+        let checkpoint: &mut RawTracePoint = ebpf
+            .program_mut(CHECKPOINT_PROGRAM)
+            .ok_or(KernelError::Missing(CHECKPOINT_PROGRAM))?
+            .try_into()
+            .map_err(program_err(CHECKPOINT_PROGRAM))?;
+        checkpoint.load().map_err(program_err(CHECKPOINT_PROGRAM))?;
+        let checkpoint_id = checkpoint
+            .info()
+            .map_err(program_err(CHECKPOINT_PROGRAM))?
+            .id();
+        let checkpoint_prog_fd = dup_fd(
+            checkpoint
+                .fd()
+                .map_err(program_err(CHECKPOINT_PROGRAM))?
+                .as_fd(),
+        )?;
 
         let switch: &mut BtfTracePoint = ebpf
             .program_mut(SWITCH_PROGRAM)
@@ -218,6 +280,7 @@ impl KernelAccounting {
         switch
             .load("sched_switch", &aya_btf)
             .map_err(program_err(SWITCH_PROGRAM))?;
+        drop(aya_btf);
         let ours = switch.info().map_err(program_err(SWITCH_PROGRAM))?;
         let (switch_link, sched_switch_id, reused, switch_prog_fd) = match pins
             .as_ref()
@@ -246,34 +309,39 @@ impl KernelAccounting {
             }
         };
 
-        let tracked = BpfHashMap::try_from(
-            ebpf.take_map(TRACKED_MAP)
-                .ok_or(KernelError::Missing(TRACKED_MAP))?,
-        )
-        .map_err(map_err(TRACKED_MAP))?;
-        let stats = PerCpuArray::try_from(
-            ebpf.take_map(STATS_MAP)
-                .ok_or(KernelError::Missing(STATS_MAP))?,
-        )
-        .map_err(map_err(STATS_MAP))?;
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(KernelError::Missing(name))
+        };
+        let tracked =
+            BpfHashMap::try_from(take(&mut ebpf, TRACKED_MAP)?).map_err(map_err(TRACKED_MAP))?;
+        let cgroup_cpu =
+            Array::try_from(take(&mut ebpf, CGROUP_CPU_MAP)?).map_err(map_err(CGROUP_CPU_MAP))?;
+        let control =
+            Array::try_from(take(&mut ebpf, CONTROL_MAP)?).map_err(map_err(CONTROL_MAP))?;
+        let stats =
+            PerCpuArray::try_from(take(&mut ebpf, STATS_MAP)?).map_err(map_err(STATS_MAP))?;
 
         Ok(Self {
-            _ebpf: ebpf,
+            ebpf,
             tracked,
+            cgroup_cpu,
+            control,
             stats,
-            iter_link,
             _switch_link: switch_link,
             switch_prog_fd,
+            checkpoint_prog_fd,
             iter_prog_fd,
+            process_links: HashMap::new(),
             programs: AttachedPrograms {
                 sched_switch_id,
-                task_iter_id,
+                checkpoint_id,
+                process_iter_id,
                 reused_pinned_link: reused,
             },
             layout,
             logger,
-            read_buf: Vec::with_capacity(1 << 16),
-            batch: Vec::new(),
+            cpus: configured_cpus(),
+            read_buf: Vec::with_capacity(4096),
         })
     }
 
@@ -285,25 +353,32 @@ impl KernelAccounting {
         &self.layout
     }
 
-    /// Whether the programs read per-process memory themselves.
+    /// Whether the iterator reads per-process memory itself.
     pub fn reads_process_memory(&self) -> bool {
         self.layout.mm_file_pages != 0
     }
 
-    /// Starts attributing threads of cgroup `id`. `since_ns` (CLOCK_MONOTONIC) is when
-    /// tracking began, see [`CgroupCpu::since_ns`]. An entry that already exists (kept
-    /// across a restart) is left as it is. Returns false when the map is full.
-    pub fn track(&mut self, id: u64, since_ns: u64) -> Result<bool, KernelError> {
-        const BPF_NOEXIST: u64 = 1;
-        let entry = CgroupCpu {
-            since_ns,
-            ..CgroupCpu::default()
-        };
-        match self.tracked.insert(id, entry, BPF_NOEXIST) {
-            Ok(()) => Ok(true),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => {
-                Ok(true)
+    /// Every tracked cgroup in the kernel map (after a restart: what the pins kept).
+    pub fn tracked_entries(&self) -> Result<Vec<(u64, TrackedCgroup)>, KernelError> {
+        let mut out = Vec::new();
+        sys::lookup_batch(self.tracked.map().fd().as_fd(), 1024, &mut out).map_err(|source| {
+            KernelError::Io {
+                what: "batch-reading the tracked cgroups",
+                source,
             }
+        })?;
+        Ok(out)
+    }
+
+    /// Starts attributing threads of cgroup `id` to `entry.slot`, whose counters are
+    /// zeroed first. Returns false when the map is full. The programs see the new entry
+    /// once the generation is bumped ([`KernelAccounting::set_generation`]).
+    pub fn track(&mut self, id: u64, entry: TrackedCgroup) -> Result<bool, KernelError> {
+        self.cgroup_cpu
+            .set(entry.slot, CgroupCpu::default(), 0)
+            .map_err(map_err(CGROUP_CPU_MAP))?;
+        match self.tracked.insert(id, entry, 0) {
+            Ok(()) => Ok(true),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
                 Ok(false)
             }
@@ -314,25 +389,88 @@ impl KernelAccounting {
         }
     }
 
-    /// Stops tracking cgroup `id` (its cgroup is gone). Absent ids are fine.
+    /// Stops tracking cgroup `id`. Absent ids are fine.
     pub fn untrack(&mut self, id: u64) {
         let _ = self.tracked.remove(&id);
     }
 
-    /// Runs the task iterator: adds what every live thread of a tracked cgroup ran since
-    /// its last visit to its cgroup's counters, and returns one sample per such thread.
-    pub fn sample_threads(&mut self, out: &mut Vec<ThreadSample>) -> Result<(), KernelError> {
-        let io = |source| KernelError::Io {
-            what: "reading the task iterator",
-            source,
+    /// The generation the programs compare their cached attributions with.
+    pub fn generation(&self) -> Result<u64, KernelError> {
+        self.control
+            .get(&control::GENERATION, 0)
+            .map_err(map_err(CONTROL_MAP))
+    }
+
+    /// Makes every thread look its cgroup up again at its next switch.
+    pub fn set_generation(&mut self, generation: u64) -> Result<(), KernelError> {
+        self.control
+            .set(control::GENERATION, generation, 0)
+            .map_err(map_err(CONTROL_MAP))
+    }
+
+    /// Accounts the thread running on every CPU up to now (its last context switch may
+    /// be long ago), one `BPF_PROG_TEST_RUN` per CPU. Returns how many CPUs failed
+    /// (offline ones are skipped silently).
+    pub fn checkpoint(&mut self) -> u32 {
+        let Some(program) = self.ebpf.program(CHECKPOINT_PROGRAM) else {
+            return self.cpus;
         };
-        let mut file = sys::iter_create(self.iter_link.as_fd()).map_err(io)?;
-        self.read_buf.clear();
-        file.read_to_end(&mut self.read_buf).map_err(io)?;
+        let Ok(program): Result<&RawTracePoint, _> = program.try_into() else {
+            return self.cpus;
+        };
+        let mut failed = 0;
+        for cpu in 0..self.cpus {
+            let options = RawTracePointRunOptions {
+                cpu: Some(cpu),
+                ..RawTracePointRunOptions::default()
+            };
+            match program.test_run(options) {
+                Ok(_) => {}
+                Err(ProgramError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENXIO) => {}
+                Err(_) => failed += 1,
+            }
+        }
         if let Some(logger) = &mut self.logger {
             logger.flush();
         }
-        out.clear();
+        failed
+    }
+
+    /// The counters of slots `0..count` (one batch read).
+    pub fn read_cgroup_cpu(&self, count: u32, out: &mut Vec<CgroupCpu>) -> Result<(), KernelError> {
+        sys::lookup_array_prefix(self.cgroup_cpu.map().fd().as_fd(), count, out).map_err(|source| {
+            KernelError::Io {
+                what: "batch-reading the cgroup counters",
+                source,
+            }
+        })
+    }
+
+    /// Runs the task iterator over the threads of process `pid` and appends one sample
+    /// per thread to `out` (none when the process is gone). The iterator link is kept for
+    /// the next call; [`KernelAccounting::retain_process_links`] drops the unused ones.
+    pub fn sample_process(
+        &mut self,
+        pid: u32,
+        out: &mut Vec<ThreadSample>,
+    ) -> Result<(), KernelError> {
+        let io = |what| move |source| KernelError::Io { what, source };
+        let link = match self.process_links.entry(pid) {
+            std::collections::hash_map::Entry::Occupied(link) => link.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                match sys::process_iter_link_create(self.iter_prog_fd.as_fd(), pid) {
+                    Ok(link) => slot.insert(link),
+                    // The process is already gone.
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
+                    Err(e) => return Err(io("creating a process iterator link")(e)),
+                }
+            }
+        };
+        let mut file = sys::iter_create(link.as_fd()).map_err(io("opening a process iterator"))?;
+        self.read_buf.clear();
+        file.read_to_end(&mut self.read_buf)
+            .map_err(io("reading a process iterator"))?;
         out.extend(
             self.read_buf
                 .chunks_exact(size_of::<ThreadSample>())
@@ -345,15 +483,9 @@ impl KernelAccounting {
         Ok(())
     }
 
-    /// The cumulative counters of every tracked cgroup (one batch read).
-    pub fn read_cgroups(&mut self) -> Result<&[(u64, CgroupCpu)], KernelError> {
-        sys::lookup_batch(self.tracked.map().fd().as_fd(), 1024, &mut self.batch).map_err(
-            |source| KernelError::Io {
-                what: "batch-reading the tracked cgroups",
-                source,
-            },
-        )?;
-        Ok(&self.batch)
+    /// Drops the iterator links of the processes `keep` says no.
+    pub fn retain_process_links(&mut self, mut keep: impl FnMut(u32) -> bool) {
+        self.process_links.retain(|pid, _| keep(*pid));
     }
 
     /// Run count and total run time of each program, as the kernel accounts them while
@@ -362,7 +494,8 @@ impl KernelAccounting {
         let stats = |fd: &OwnedFd| sys::prog_run_stats(fd.as_fd()).unwrap_or_default();
         ProgramRunStats {
             sched_switch: stats(&self.switch_prog_fd),
-            task_iter: stats(&self.iter_prog_fd),
+            checkpoint: stats(&self.checkpoint_prog_fd),
+            process_iter: stats(&self.iter_prog_fd),
         }
     }
 
@@ -378,6 +511,7 @@ impl KernelAccounting {
             exits_unseen: slot(stat::EXITS_UNSEEN),
             storage_failed: slot(stat::STORAGE_FAILED),
             samples_deferred: slot(stat::SAMPLES_DEFERRED),
+            lookups: slot(stat::LOOKUPS),
         }
     }
 }
@@ -410,8 +544,10 @@ fn reuse_pinned_switch_link(
             .find(|program| program.id() == id)
     });
     // Same code, and it writes the maps this process opened from the pins (each load
-    // has its own .rodata, so only the pinned maps are compared).
-    let pinned_map_ids: Vec<u32> = [TRACKED_MAP, STATS_MAP, THREAD_LAST_MAP]
+    // has its own .rodata and log buffer, so only the pinned maps are compared). Its
+    // log buffer is the old process's, so its rare log lines are not forwarded; what it
+    // logs is counted in the pinned STATS map too.
+    let pinned_map_ids: Vec<u32> = PINNED_MAPS
         .iter()
         .filter_map(|name| MapInfo::from_pin(pins.path(name)).ok())
         .map(|info| info.id())

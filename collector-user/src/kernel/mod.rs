@@ -6,5 +6,7 @@ pub mod layout;
 pub mod pins;
 pub mod sys;
 
-pub use accounting::{AttachedPrograms, KernelAccounting, KernelError, KernelOptions, KernelStats};
+pub use accounting::{
+    AttachedPrograms, KernelAccounting, KernelError, KernelOptions, KernelStats, ProgramRunStats,
+};
 pub use layout::Attribution;

@@ -128,29 +128,43 @@ impl PinDir {
         fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))
     }
 
-    /// Removes a pinned map whose shape differs from what this build expects (a changed
-    /// size in the configuration, or a damaged pin), so that the loader creates it anew.
-    pub fn drop_mismatched_map(&self, shape: &MapShape) -> Result<(), PinError> {
-        let path = self.path(shape.name);
-        if !path.exists() {
-            return Ok(());
+    /// Keeps the pinned maps only if every one of `shapes` is pinned and has exactly
+    /// that shape; otherwise removes all of this version's pins (maps and link), so that
+    /// the loader creates a consistent set anew. The maps only make sense together: a
+    /// thread's cached slot in a kept task storage would point into a recreated array.
+    /// Returns whether the pins were kept.
+    pub fn keep_if_consistent(&self, shapes: &[MapShape]) -> Result<bool, PinError> {
+        let present: Vec<&MapShape> = shapes
+            .iter()
+            .filter(|shape| self.path(shape.name).exists())
+            .collect();
+        if present.is_empty() {
+            return Ok(false);
         }
-        let matches = MapInfo::from_pin(&path).is_ok_and(|info| {
-            info.map_type().is_ok_and(|t| t == shape.map_type)
-                && info.key_size() == shape.key_size
-                && info.value_size() == shape.value_size
-                && info.max_entries() == shape.max_entries
-        });
-        if !matches {
-            warn!(
-                map = shape.name,
-                path = %path.display(),
-                "pinned map does not match this configuration (type or size changed); \
-                 replacing it, its counters start again from zero"
-            );
-            fs::remove_file(&path).map_err(io_err(&path))?;
+        let mismatched: Vec<&str> = shapes
+            .iter()
+            .filter(|shape| {
+                !MapInfo::from_pin(self.path(shape.name)).is_ok_and(|info| {
+                    info.map_type().is_ok_and(|t| t == shape.map_type)
+                        && info.key_size() == shape.key_size
+                        && info.value_size() == shape.value_size
+                        && info.max_entries() == shape.max_entries
+                })
+            })
+            .map(|shape| shape.name)
+            .collect();
+        if mismatched.is_empty() {
+            return Ok(true);
         }
-        Ok(())
+        warn!(
+            maps = ?mismatched,
+            path = %self.dir.display(),
+            "pinned maps do not match this configuration (missing, or type or size \
+             changed); replacing all of them, the counters start again from zero"
+        );
+        remove_pins(&self.dir)?;
+        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        Ok(false)
     }
 
     /// Removes every pin of every version: detaches the programs and frees the maps

@@ -1,5 +1,6 @@
-//! The few `bpf(2)` commands aya 0.14 does not wrap: batch map lookup and creating an
-//! iterator link whose iterator files we open again every interval.
+//! The few `bpf(2)` commands aya 0.14 does not wrap: batch map lookup and creating a
+//! task iterator link scoped to one process, whose iterator files are opened again every
+//! interval.
 
 use std::{
     fs::File,
@@ -55,11 +56,18 @@ fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
     }
 }
 
-/// `BPF_LINK_CREATE` for an `iter/` program with no iterator parameters.
-pub fn iter_link_create(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+/// `BPF_LINK_CREATE` for an `iter/task` program that visits the threads of process `pid`
+/// only (`bpf_iter_link_info.task.pid`, Linux 6.1+).
+pub fn process_iter_link_create(prog: BorrowedFd<'_>, pid: u32) -> io::Result<OwnedFd> {
+    // union bpf_iter_link_info { ...; struct { __u32 tid; __u32 pid; __u32 pid_fd; } task; }
+    // is 16 bytes (its largest member, the cgroup one).
+    let mut link_info = [0u32; 4];
+    link_info[1] = pid;
     let mut attr = Attr::new();
     attr.put_u32(0, prog.as_raw_fd() as u32); // link_create.prog_fd
     attr.put_u32(8, BPF_TRACE_ITER); // link_create.attach_type
+    attr.put_u64(16, link_info.as_ptr() as u64); // link_create.iter_info
+    attr.put_u32(24, std::mem::size_of_val(&link_info) as u32); // link_create.iter_info_len
     let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
     // SAFETY: the kernel returned a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -72,6 +80,38 @@ pub fn iter_create(link: BorrowedFd<'_>) -> io::Result<File> {
     let fd = bpf(BPF_ITER_CREATE, &mut attr)?;
     // SAFETY: as above.
     Ok(unsafe { File::from_raw_fd(fd as i32) })
+}
+
+/// Reads elements `0..count` of an array map with one `BPF_MAP_LOOKUP_BATCH` (arrays
+/// walk their keys in order, so the first `count` keys are exactly `0..count`).
+pub fn lookup_array_prefix<V: Copy + Default>(
+    map: BorrowedFd<'_>,
+    count: u32,
+    out: &mut Vec<V>,
+) -> io::Result<()> {
+    out.clear();
+    if count == 0 {
+        return Ok(());
+    }
+    out.resize(count as usize, V::default());
+    let mut keys = vec![0u32; count as usize];
+    let mut out_batch: u32 = 0;
+    let mut attr = Attr::new();
+    attr.put_u64(8, &raw mut out_batch as u64); // batch.out_batch
+    attr.put_u64(16, keys.as_mut_ptr() as u64); // batch.keys
+    attr.put_u64(24, out.as_mut_ptr() as u64); // batch.values
+    attr.put_u32(32, count); // batch.count
+    attr.put_u32(36, map.as_raw_fd() as u32); // batch.map_fd
+    let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+    let got = attr.u32_at(32) as usize;
+    match result {
+        Ok(_) => {}
+        // ENOENT: the array ended before `count` (a caller asking past max_entries).
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(e) => return Err(e),
+    }
+    out.truncate(got);
+    Ok(())
 }
 
 /// Reads every entry of a hash map with `BPF_MAP_LOOKUP_BATCH`, a few syscalls in all
