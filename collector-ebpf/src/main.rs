@@ -13,6 +13,7 @@
 //! * `process_threads` (iter/task) is attached by the daemon to one process at a time,
 //!   for the allocations someone asks about: it reports each thread's CPU times and the
 //!   process's memory, so per-process figures need no /proc reads.
+//! * `sched_switch_empty` is only for measuring the tracepoint's own cost.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -41,6 +42,14 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     let prev: *const u8 = ctx.arg(1);
     let prev_state: u32 = ctx.arg(3);
     unsafe { account(&ctx, Task(prev), prev_state == TASK_DEAD) };
+    0
+}
+
+/// Does nothing. Attached alone by `nomad-collector --empty-probe`, so that the benchmark
+/// can measure what the sched_switch tracepoint itself costs with a program attached: the
+/// floor under any program here.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch_empty(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 

@@ -94,6 +94,10 @@ pub struct Flags {
     /// as Nomad does, instead of only for allocations someone asks about.
     #[arg(long)]
     pub detail_all: bool,
+    /// Attach only an empty sched_switch program and wait for SIGTERM: what the
+    /// tracepoint itself costs (used by `cargo xtask bench`).
+    #[arg(long, hide = true)]
+    pub empty_probe: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]

@@ -116,11 +116,15 @@ impl Tree {
         Ok((st.st_ino, st.st_mode & libc::S_IFMT == libc::S_IFDIR))
     }
 
-    /// Modification time of `rel` in ns since the epoch (a directory's changes when an
-    /// entry is added or removed, on cgroupfs as on other file systems).
-    pub fn mtime_ns(&self, rel: &Path) -> io::Result<i128> {
-        let st = self.stat(rel)?;
-        Ok(st.st_mtime as i128 * 1_000_000_000 + st.st_mtime_nsec as i128)
+    /// A number that changes whenever the set of subdirectories of `rel` does (one
+    /// created, removed, or removed and created again under the same name), from one
+    /// `readdir` pass and no allocation: [`inode_set_fingerprint`] of their inodes.
+    /// (A directory's modification time would not do: cgroupfs leaves it unchanged when
+    /// child cgroups come and go.)
+    pub fn subdirs_fingerprint(&self, rel: &Path) -> io::Result<u64> {
+        let mut inodes = InodeSet::default();
+        visit_subdirs(self, rel, |_, inode| inodes.add(inode))?;
+        Ok(inodes.fingerprint())
     }
 
     fn stat(&self, rel: &Path) -> io::Result<libc::stat64> {
@@ -239,6 +243,42 @@ pub fn fd_inode(fd: BorrowedFd<'_>) -> io::Result<(u64, bool)> {
     Ok((st.st_ino, st.st_mode & libc::S_IFMT == libc::S_IFDIR))
 }
 
+/// Accumulates an order-independent fingerprint of a set of inode numbers.
+#[derive(Default)]
+struct InodeSet {
+    sum: u64,
+    count: u64,
+}
+
+impl InodeSet {
+    fn add(&mut self, inode: u64) {
+        self.sum = self.sum.wrapping_add(mix(inode));
+        self.count += 1;
+    }
+
+    fn fingerprint(&self) -> u64 {
+        self.sum ^ mix(self.count)
+    }
+}
+
+/// splitmix64's finalizer: spreads consecutive inode numbers over all 64 bits, so that
+/// the sum of a set rarely equals the sum of another.
+fn mix(x: u64) -> u64 {
+    let x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The fingerprint [`Tree::subdirs_fingerprint`] gives for subdirectories with these
+/// inodes, whatever their order.
+pub fn inode_set_fingerprint(inodes: impl IntoIterator<Item = u64>) -> u64 {
+    let mut set = InodeSet::default();
+    for inode in inodes {
+        set.add(inode);
+    }
+    set.fingerprint()
+}
+
 /// A subdirectory: its name and inode number.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubDir {
@@ -267,6 +307,19 @@ impl Drop for DirStream {
 /// inode numbers `readdir` gives for free in `d_ino` (on cgroupfs the same number `stat`
 /// returns: the cgroup id), which saves an `open`+`fstat` per directory.
 fn list_subdirs(tree: &Tree, rel: &Path) -> io::Result<Vec<SubDir>> {
+    let mut out = Vec::new();
+    visit_subdirs(tree, rel, |name, inode| {
+        out.push(SubDir {
+            name: OsString::from_vec(name.to_vec()),
+            inode,
+        });
+    })?;
+    Ok(out)
+}
+
+/// Calls `visit(name, inode)` for each subdirectory of `rel` beneath `tree` (symlinks and
+/// files skipped), in `readdir` order.
+fn visit_subdirs(tree: &Tree, rel: &Path, mut visit: impl FnMut(&[u8], u64)) -> io::Result<()> {
     let fd = tree.open_at(rel, libc::O_RDONLY | libc::O_DIRECTORY)?;
     let raw = fd.as_raw_fd();
     // SAFETY: raw is a valid directory descriptor; on success the DIR* owns it.
@@ -276,7 +329,6 @@ fn list_subdirs(tree: &Tree, rel: &Path) -> io::Result<Vec<SubDir>> {
     }
     let _ = fd.into_raw_fd(); // now owned by `dir`
     let stream = DirStream(dir);
-    let mut out = Vec::new();
     loop {
         // SAFETY: errno is thread-local; clearing it tells end-of-directory from an error.
         unsafe { *libc::__errno_location() = 0 };
@@ -287,7 +339,7 @@ fn list_subdirs(tree: &Tree, rel: &Path) -> io::Result<Vec<SubDir>> {
             if err.raw_os_error().unwrap_or(0) != 0 {
                 return Err(err);
             }
-            break;
+            return Ok(());
         }
         // SAFETY: entry points to a valid dirent64 until the next readdir on this stream.
         let (d_type, d_ino, name) = unsafe {
@@ -302,21 +354,16 @@ fn list_subdirs(tree: &Tree, rel: &Path) -> io::Result<Vec<SubDir>> {
             continue;
         }
         match d_type {
-            libc::DT_DIR => out.push(SubDir {
-                name: OsString::from_vec(name.to_vec()),
-                inode: d_ino,
-            }),
+            libc::DT_DIR => visit(name, d_ino),
             libc::DT_UNKNOWN => {
                 // Filesystems that do not fill d_type: ask, without following a symlink.
-                let name = OsStr::from_bytes(name).to_owned();
-                if let Ok((inode, true)) = tree.inode_of(&rel.join(&name)) {
-                    out.push(SubDir { name, inode });
+                if let Ok((inode, true)) = tree.inode_of(&rel.join(OsStr::from_bytes(name))) {
+                    visit(name, inode);
                 }
             }
             _ => {}
         }
     }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -386,5 +433,34 @@ mod tests {
             tree.subdirs_with_inodes(Path::new("link")).is_err(),
             "symlink followed"
         );
+    }
+
+    #[test]
+    fn the_subdirs_fingerprint_changes_with_the_set_of_subdirectories() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::open(dir.path()).unwrap();
+        let fingerprint = || tree.subdirs_fingerprint(Path::new("")).unwrap();
+        let empty = fingerprint();
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        std::fs::write(dir.path().join("file"), "x").unwrap();
+        let one = fingerprint();
+        assert_ne!(one, empty, "a new directory");
+        std::fs::create_dir(dir.path().join("b")).unwrap();
+        let two = fingerprint();
+        assert_ne!(two, one);
+        let listed = tree.subdirs_with_inodes(Path::new("")).unwrap();
+        assert_eq!(
+            two,
+            inode_set_fingerprint(listed.iter().rev().map(|d| d.inode)),
+            "the same set in any order gives the same fingerprint"
+        );
+        assert_ne!(
+            inode_set_fingerprint([1, 2]),
+            inode_set_fingerprint([1, 3]),
+            "a directory recreated under the same name has a new inode"
+        );
+        std::fs::remove_dir(dir.path().join("b")).unwrap();
+        std::fs::remove_dir(dir.path().join("a")).unwrap();
+        assert_eq!(fingerprint(), empty, "back to the same set");
     }
 }

@@ -21,8 +21,11 @@ use tracing::{error, info, warn};
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: under journald or in a log file they are noise (and
+    // they hide " ERROR " from anyone grepping for it).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -46,6 +49,8 @@ fn main() -> ExitCode {
     }
     let result = if flags.uninstall {
         uninstall(&config)
+    } else if flags.empty_probe {
+        empty_probe()
     } else {
         run(&flags, config)
     };
@@ -56,6 +61,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--empty-probe`: holds the empty sched_switch program attached until SIGTERM/SIGINT.
+fn empty_probe() -> Result<()> {
+    let probe = collector_user::kernel::attach_empty_probe()?;
+    info!("empty sched_switch program attached; SIGTERM detaches it");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let mut terminate = signal(SignalKind::terminate())?;
+            let mut interrupt = signal(SignalKind::interrupt())?;
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            anyhow::Ok(())
+        })?;
+    drop(probe);
+    Ok(())
 }
 
 fn uninstall(config: &Config) -> Result<()> {
@@ -101,8 +126,6 @@ fn raise_open_files_limit() {
 fn run(flags: &Flags, config: Config) -> Result<()> {
     raise_open_files_limit();
     let collector = Collector::new(&config)?;
-    // SAFETY: malloc_trim only returns free heap memory to the kernel.
-    unsafe { libc::malloc_trim(0) };
     let listener = std::net::TcpListener::bind(config.http.listen)
         .with_context(|| format!("binding {}", config.http.listen))?;
     listener.set_nonblocking(true)?;

@@ -11,8 +11,11 @@ use std::{
     os::unix::{fs::MetadataExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::Once,
-    thread,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Once,
+    },
+    thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
 
@@ -298,6 +301,55 @@ pub fn schedstat_ns(pid: u32) -> u64 {
         .sum()
 }
 
+/// A process's resident memory (`VmRSS` of `/proc/<pid>/status`), in bytes.
+pub fn vm_rss_bytes(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("/proc/{pid}/status has no VmRSS"));
+    kib * 1024
+}
+
+/// Threads a test runs beside its main line (load, clients), stopped and joined by
+/// [`Background::stop`] or, when the test fails first, on drop: none outlives the test
+/// with the cgroups and processes it holds.
+#[derive(Default)]
+pub struct Background {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Background {
+    /// Runs `body` on a new thread; it is given the stop flag and should return soon
+    /// after the flag is set.
+    pub fn spawn(&mut self, body: impl FnOnce(&AtomicBool) + Send + 'static) {
+        let stop = self.stop.clone();
+        self.threads.push(thread::spawn(move || body(&stop)));
+    }
+
+    /// Stops and joins every thread; a thread's panic is raised again here.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            if let Err(panic) = thread.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -478,6 +530,16 @@ impl Daemon {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Error-level lines of the log, and panics (the daemon writes no colour codes to a
+    /// file, so the level reads as ` ERROR `).
+    pub fn error_lines(&self) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(" ERROR ") || l.contains("panicked"))
+            .map(str::to_owned)
+            .collect()
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,5 +1,5 @@
 //! Reliability and security on the real kernel: restarts, full maps, PID reuse, vanishing
-//! cgroups, lost privileges, configuration reload, ACL. (Issue: reliability.)
+//! cgroups, churn, lost privileges, configuration reload, ACL. (Issue: reliability.)
 
 use std::{
     fs,
@@ -12,8 +12,8 @@ use std::{
 };
 
 use integration_tests::{
-    burner, eventually, percent_and_truth, privileged, programs_named, uuid, Cgroup, ConfigFile,
-    Daemon, Pins,
+    burner, eventually, percent_and_truth, privileged, programs_named, uuid, vm_rss_bytes,
+    Background, Cgroup, ConfigFile, Daemon, Pins,
 };
 use serde_json::Value;
 
@@ -644,4 +644,197 @@ fn two_hundred_concurrent_clients_get_answers_while_collecting_a_thousand_proces
     );
     assert_eq!(failures, 0, "requests failed under load");
     assert!(p99 < Duration::from_secs(2), "p99 {p99:?}");
+}
+
+/// A gauge of the daemon's own health (label-less `nomad_collector_*`).
+fn health_gauge(daemon: &Daemon, name: &str) -> f64 {
+    daemon
+        .metric(name, &[])
+        .unwrap_or_else(|| panic!("the daemon exports no {name}"))
+}
+
+/// The highest map counts a client saw during the churn, and how often it asked.
+#[derive(Clone, Copy, Default)]
+struct Peaks {
+    tracked_cgroups: f64,
+    processes_sampled: f64,
+    requests: u64,
+}
+
+/// Churn: a task starting and ending thousands of short processes a minute, while
+/// another allocation's cgroups come and go and a client keeps asking for the churning
+/// one. No CPU of the churning task is lost against its cgroup's own counter, the map
+/// counts return to their baseline, the daemon's RSS stays flat, and no cycle fails.
+#[test]
+fn churn_loses_no_cpu_and_leaves_nothing_behind() {
+    if !privileged("churn_loses_no_cpu_and_leaves_nothing_behind") {
+        return;
+    }
+    const CHURN_FOR: Duration = Duration::from_secs(25);
+    // Children per `burner churn` run; each run is waited for, so the load ends with no
+    // child in flight.
+    const CHILDREN_PER_RUN: u64 = 100;
+    const CHILD_CPU_MS: u64 = 3;
+    const RSS_GROWTH_BOUND: u64 = 4 << 20;
+    let alloc = uuid();
+    let cgroup = Cgroup::create(V1, &format!("nomad/{alloc}.churn"));
+    // A resident process, so that the sampled processes return to one rather than to
+    // none (which an empty task would give whatever the daemon kept).
+    let _resident = cgroup.spawn(burner!().args(["sleep", "300"]));
+    let daemon = Arc::new(Daemon::start(&["--interval", "500ms", "--no-pin"]));
+    // Asking once makes the allocation detailed: its processes are sampled from now on.
+    eventually(Duration::from_secs(10), || stats(&daemon, &alloc))
+        .expect("the churning task is served");
+    wait_cycles(&daemon, 4.0);
+
+    // Baseline, at a standstill: only the resident process, asleep, is in the cgroup.
+    let tracked_baseline = health_gauge(&daemon, "nomad_collector_tracked_cgroups");
+    let sampled_baseline = health_gauge(&daemon, "nomad_collector_processes_sampled");
+    let errors_before = health_gauge(&daemon, "nomad_collector_cycle_errors");
+    assert!(
+        sampled_baseline >= 1.0,
+        "the resident process is sampled before the load ({sampled_baseline})"
+    );
+    let rss_start = vm_rss_bytes(daemon.pid());
+    let total_before = daemon.task_cpu_total_ns(&alloc, "churn").unwrap();
+    let usage_before = cpuacct_usage(&cgroup);
+
+    let mut background = Background::default();
+    // Another allocation whose cgroups are created and removed over and over, living
+    // from under one interval to a few, asked about every other time.
+    let flaps = Arc::new(AtomicU64::new(0));
+    {
+        let (daemon, flaps) = (daemon.clone(), flaps.clone());
+        background.spawn(move |stop| {
+            while !stop.load(Ordering::Relaxed) {
+                let round = flaps.load(Ordering::Relaxed);
+                let flap = uuid();
+                let cgroup = Cgroup::create(V1, &format!("nomad/{flap}.flap"));
+                let _short_lived = cgroup.spawn(burner!().args(["churn", "20", "2"]));
+                thread::sleep(Duration::from_millis(200 + (round % 6) * 250));
+                if round % 2 == 0 {
+                    let _ = stats(&daemon, &flap);
+                }
+                flaps.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    // A client asking for the churning allocation, so that its processes are sampled
+    // while they come and go; it also watches the map counts rise above the baseline.
+    let peaks = Arc::new(std::sync::Mutex::new(Peaks::default()));
+    {
+        let (daemon, alloc, peaks) = (daemon.clone(), alloc.clone(), peaks.clone());
+        background.spawn(move |stop| {
+            while !stop.load(Ordering::Relaxed) {
+                stats(&daemon, &alloc).expect("the churning allocation is served");
+                let tracked = health_gauge(&daemon, "nomad_collector_tracked_cgroups");
+                let sampled = health_gauge(&daemon, "nomad_collector_processes_sampled");
+                let mut peaks = peaks.lock().unwrap();
+                peaks.tracked_cgroups = peaks.tracked_cgroups.max(tracked);
+                peaks.processes_sampled = peaks.processes_sampled.max(sampled);
+                peaks.requests += 1;
+                drop(peaks);
+                thread::sleep(Duration::from_millis(700));
+            }
+        });
+    }
+    let started = Instant::now();
+    let mut children = 0;
+    while started.elapsed() < CHURN_FOR {
+        let run = cgroup.spawn(burner!().args([
+            "churn",
+            &CHILDREN_PER_RUN.to_string(),
+            &CHILD_CPU_MS.to_string(),
+        ]));
+        assert!(run.wait(), "burner churn failed");
+        children += CHILDREN_PER_RUN;
+    }
+    let churned_for = started.elapsed();
+    background.stop();
+    let Peaks {
+        tracked_cgroups: tracked_peak,
+        processes_sampled: sampled_peak,
+        requests,
+    } = *peaks.lock().unwrap();
+    let flaps = flaps.load(Ordering::Relaxed);
+    let per_minute = children as f64 / churned_for.as_secs_f64() * 60.0;
+    eprintln!(
+        "churn: {children} children in {:.1} s ({per_minute:.0} a minute); {flaps} \
+         allocations created and removed; {requests} requests for the churning allocation; \
+         peaks: {tracked_peak} tracked cgroups, {sampled_peak} processes sampled",
+        churned_for.as_secs_f64()
+    );
+    assert!(
+        per_minute >= 2000.0,
+        "too little churn: {per_minute:.0} a minute"
+    );
+    assert!(flaps >= 10, "too few flapping allocations: {flaps}");
+
+    // Standstill again: every child has exited; two cycles publish their last CPU.
+    wait_cycles(&daemon, 2.0);
+    let counted = daemon.task_cpu_total_ns(&alloc, "churn").unwrap() as f64 - total_before as f64;
+    let truth = (cpuacct_usage(&cgroup) - usage_before) as f64;
+    eprintln!(
+        "CPU of the churning task: daemon {:.3} s, cgroup cpuacct.usage {:.3} s",
+        counted / 1e9,
+        truth / 1e9
+    );
+    assert!(truth > 5e9, "the churn used only {truth} ns of CPU");
+    let error = (counted - truth).abs() / truth;
+    assert!(
+        error < 0.05,
+        "the daemon counted {counted} ns for the churning task, its cgroup {truth} ns \
+         ({:.2}% apart)",
+        error * 100.0
+    );
+
+    let rss_end = vm_rss_bytes(daemon.pid());
+    eprintln!(
+        "daemon VmRSS: {} KiB after warm-up, {} KiB after the churn",
+        rss_start / 1024,
+        rss_end / 1024
+    );
+    assert!(
+        rss_end <= rss_start + RSS_GROWTH_BOUND,
+        "daemon VmRSS grew from {} KiB to {} KiB",
+        rss_start / 1024,
+        rss_end / 1024
+    );
+
+    let errors_after = health_gauge(&daemon, "nomad_collector_cycle_errors");
+    assert_eq!(
+        errors_after, errors_before,
+        "cycles failed during the churn"
+    );
+    let errors = daemon.error_lines();
+    assert!(errors.is_empty(), "errors logged:\n{}", errors.join("\n"));
+
+    // The load reached the maps, and left them as it found them.
+    assert!(
+        tracked_peak > tracked_baseline,
+        "the flapping allocations were never tracked (tracked cgroups peaked at \
+         {tracked_peak}, the baseline): allocations created after the daemon started were \
+         not discovered"
+    );
+    assert!(
+        sampled_peak > sampled_baseline,
+        "the churning processes were never sampled (processes sampled peaked at \
+         {sampled_peak}, the baseline)"
+    );
+
+    let mut settled = (0.0, 0.0);
+    let back = eventually(Duration::from_secs(10), || {
+        settled = (
+            health_gauge(&daemon, "nomad_collector_tracked_cgroups"),
+            health_gauge(&daemon, "nomad_collector_processes_sampled"),
+        );
+        (settled == (tracked_baseline, sampled_baseline)).then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "after the load: {} tracked cgroups (baseline {tracked_baseline}), {} processes \
+         sampled (baseline {sampled_baseline})",
+        settled.0,
+        settled.1
+    );
 }

@@ -8,6 +8,7 @@ mod bench;
 mod fuzz;
 mod setup;
 mod shell;
+mod soak;
 mod test;
 
 use anyhow::Result;
@@ -57,6 +58,10 @@ enum Command {
     /// Measure the daemon (eBPF against Nomad's /proc method) on real Nomad-style
     /// cgroups; writes BENCHMARKS.md and benchmarks/*.svg. Needs root.
     Bench(bench::BenchArgs),
+    /// Churn, restarts on pins and 200 concurrent API clients together, on real
+    /// Nomad-style cgroups, for a while (10 minutes; --quick: 2); prints a table of checks
+    /// and fails if one fails. Needs root.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> Result<()> {
@@ -74,6 +79,7 @@ fn main() -> Result<()> {
             sanitizer,
         }),
         Command::Bench(args) => bench::run(args),
+        Command::Soak(args) => soak::run(args),
     }
 }
 

@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 use super::{mounts::Hierarchies, CgroupDir, CgroupError, CgroupMounts, TaskCgroups};
 use crate::{
     config::is_alloc_id,
-    fsutil::{SubDir, Tree},
+    fsutil::{inode_set_fingerprint, SubDir, Tree},
 };
 
 /// How deep [`descendants`] looks below a task cgroup. Tasks rarely nest cgroups at all;
@@ -190,17 +190,12 @@ pub struct Discovery {
     /// Tasks claimed by several legacy directories at the last scan, warned about once.
     conflicts: HashSet<(String, String)>,
     environ: Vec<u8>,
-    /// Every directory the last scan listed, with its modification time then (None: it
-    /// did not exist), for [`Discovery::scan_if_changed`].
-    listed: Vec<(Arc<Tree>, PathBuf, Option<i128>)>,
+    /// Every directory the last scan listed, with the fingerprint of its subdirectories
+    /// then (None: it did not exist), for [`Discovery::scan_if_changed`].
+    listed: Vec<(Arc<Tree>, PathBuf, Option<u64>)>,
     /// The last scan left something to retry (a legacy cgroup not identified yet).
     retry: bool,
 }
-
-/// A directory modified this recently is listed again even when its modification time
-/// is the one last seen: two changes within the file system's timestamp granularity
-/// would otherwise leave the same time behind.
-const MTIME_SETTLE_NS: i128 = 2_000_000_000;
 
 impl fmt::Debug for Discovery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -293,13 +288,17 @@ impl Discovery {
     }
 
     /// Lists `rel` in `tree`; a directory that does not exist is simply empty. Notes the
-    /// directory's modification time first (before listing, so that a change racing the
-    /// listing shows as a newer time next time).
+    /// fingerprint of what was listed, so that the next [`Discovery::scan_if_changed`]
+    /// sees any change made since (during the listing included).
     fn list(&mut self, tree: &Arc<Tree>, rel: &Path) -> Vec<SubDir> {
-        let mtime = tree.mtime_ns(rel).ok();
+        let listed = tree.subdirs_with_inodes(rel);
+        let fingerprint = listed
+            .as_ref()
+            .ok()
+            .map(|entries| inode_set_fingerprint(entries.iter().map(|d| d.inode)));
         self.listed
-            .push((Arc::clone(tree), rel.to_path_buf(), mtime));
-        match tree.subdirs_with_inodes(rel) {
+            .push((Arc::clone(tree), rel.to_path_buf(), fingerprint));
+        match listed {
             Ok(entries) => {
                 if !self.warned.is_empty() {
                     self.warned.remove(&tree.path().join(rel));
@@ -319,18 +318,16 @@ impl Discovery {
         }
     }
 
-    /// Like [`Discovery::scan`], but `None` when no directory the last scan listed has
-    /// changed since (one `fstat` each instead of listing them all): with a thousand
-    /// tasks per hierarchy this is what a quiet interval costs.
+    /// Like [`Discovery::scan`], but `None` when the set of subdirectories of every
+    /// directory the last scan listed is the same (one `readdir` pass each, nothing
+    /// parsed or allocated): with a thousand tasks per hierarchy this is what a quiet
+    /// interval costs.
     pub fn scan_if_changed(&mut self) -> Option<Vec<DiscoveredTask>> {
         if !self.retry && !self.listed.is_empty() {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as i128);
-            let unchanged = self.listed.iter().all(|(tree, rel, seen)| {
-                let current = tree.mtime_ns(rel).ok();
-                current == *seen && current.is_none_or(|t| now - t > MTIME_SETTLE_NS)
-            });
+            let unchanged = self
+                .listed
+                .iter()
+                .all(|(tree, rel, seen)| tree.subdirs_fingerprint(rel).ok() == *seen);
             if unchanged {
                 return None;
             }

@@ -461,7 +461,7 @@ impl Collector {
         }
         for key in vanished {
             debug!(alloc_id = %key.0, task = %key.1, "task cgroup vanished during the cycle");
-            self.tasks.tasks.remove(&key);
+            self.tasks.remove(&key);
         }
         if let Some(ebpf) = self.ebpf.as_mut() {
             ebpf.retain_processes(&self.scratch.sampled);
@@ -525,7 +525,7 @@ impl Collector {
             }
         }
         for key in vanished {
-            self.tasks.tasks.remove(&key);
+            self.tasks.remove(&key);
         }
         for alloc_id in alloc_ids {
             match self.allocation_entry(alloc_id) {

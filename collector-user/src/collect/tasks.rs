@@ -383,6 +383,14 @@ impl TaskSet {
         }
     }
 
+    /// Forgets a task whose cgroups vanished (its cgroup ids leave the kernel map at the
+    /// next sync).
+    pub fn remove(&mut self, key: &TaskKey) {
+        if self.tasks.remove(key).is_some() {
+            self.generation += 1;
+        }
+    }
+
     /// A number that changes whenever the set of tasks or of their cgroup ids does: the
     /// kernel's tracked-cgroup map needs updating only then.
     pub fn generation(&self) -> u64 {

@@ -51,6 +51,7 @@ const PINNED_MAPS: [&str; 5] = [
     THREAD_STATE_MAP,
 ];
 const SWITCH_LINK_PIN: &str = "sched_switch_link";
+const EMPTY_PROGRAM: &str = "sched_switch_empty";
 
 #[derive(Debug, Error)]
 pub enum KernelError {
@@ -514,6 +515,35 @@ impl KernelAccounting {
             lookups: slot(stat::LOOKUPS),
         }
     }
+}
+
+/// The do-nothing sched_switch program, attached while this is held (see
+/// [`attach_empty_probe`]).
+pub struct EmptyProbe {
+    _ebpf: Ebpf,
+}
+
+/// Attaches only the empty sched_switch program: what the tracepoint costs with any
+/// program on it, the floor under the accounting program's cost (for the benchmark).
+pub fn attach_empty_probe() -> Result<EmptyProbe, KernelError> {
+    let btf = AyaBtf::from_sys_fs().map_err(|e| KernelError::Io {
+        what: "reading /sys/kernel/btf/vmlinux",
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&btf))
+        .allow_unsupported_maps()
+        .load(PROGRAMS)?;
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(EMPTY_PROGRAM)
+        .ok_or(KernelError::Missing(EMPTY_PROGRAM))?
+        .try_into()
+        .map_err(program_err(EMPTY_PROGRAM))?;
+    program
+        .load("sched_switch", &btf)
+        .map_err(program_err(EMPTY_PROGRAM))?;
+    program.attach().map_err(program_err(EMPTY_PROGRAM))?;
+    Ok(EmptyProbe { _ebpf: ebpf })
 }
 
 /// Keeps a pinned sched_switch link when its program is this build's program on this

@@ -7,6 +7,7 @@ pub mod pins;
 pub mod sys;
 
 pub use accounting::{
-    AttachedPrograms, KernelAccounting, KernelError, KernelOptions, KernelStats, ProgramRunStats,
+    attach_empty_probe, AttachedPrograms, EmptyProbe, KernelAccounting, KernelError, KernelOptions,
+    KernelStats, ProgramRunStats,
 };
 pub use layout::Attribution;

@@ -86,12 +86,13 @@ pub fn parse_wrk(text: &str) -> Option<Wrk> {
     (wrk.requests_per_s > 0.0).then_some(wrk)
 }
 
-fn run_wrk(addr: SocketAddr, path: &str, seconds: u64) -> Result<Wrk> {
+/// `wrk` with `connections` connections on GET `path` for `seconds`.
+pub fn run_wrk(addr: SocketAddr, path: &str, seconds: u64, connections: u32) -> Result<Wrk> {
     let mut cmd = Command::new("wrk");
     process::unblock_signals(&mut cmd);
     let out = cmd
         .arg(format!("-t{THREADS}"))
-        .arg(format!("-c{CONNECTIONS}"))
+        .arg(format!("-c{connections}"))
         .arg(format!("-d{seconds}s"))
         .arg("--latency")
         .arg(format!("http://{addr}{path}"))
@@ -163,7 +164,7 @@ pub fn run(
             } else {
                 ("plain warp", plain_addr)
             };
-            let wrk = run_wrk(addr, &path, seconds)?;
+            let wrk = run_wrk(addr, &path, seconds, CONNECTIONS)?;
             progress(&format!(
                 "API round {}/{rounds}: {name}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms",
                 round + 1,

@@ -1,11 +1,13 @@
-//! Everything the benchmark creates outside itself (processes, cgroups, a sysctl) is
-//! registered here before it is created, so that it is undone in every case: the RAII
-//! guards undo their own part on drop (normal end, `?` error, panic), and a signal
-//! thread undoes whatever is still registered on SIGINT/SIGTERM/SIGHUP before exiting.
+//! Everything the benchmark and the soak create outside themselves (processes, cgroups,
+//! a sysctl, eBPF pins) is registered here before it is created, so that it is undone in
+//! every case: the RAII guards undo their own part on drop (normal end, `?` error,
+//! panic), and a signal thread undoes whatever is still registered on
+//! SIGINT/SIGTERM/SIGHUP before exiting.
 
 use std::{
     fs,
     path::{Path, PathBuf},
+    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Mutex, MutexGuard,
@@ -22,6 +24,8 @@ struct Registry {
     cgroups: Vec<PathBuf>,
     /// Files to write back: (path, original content).
     restore: Vec<(PathBuf, String)>,
+    /// eBPF pin folders to remove: (daemon binary, pin root).
+    pin_roots: Vec<(PathBuf, PathBuf)>,
 }
 
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
@@ -31,6 +35,17 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// signal thread: its errors are consequences of the teardown).
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// `result`, unless a signal started the teardown: then the signal thread is tearing
+/// down and will exit the process, so this waits for it.
+pub fn unless_interrupted<T>(result: T) -> T {
+    if interrupted() {
+        loop {
+            thread::park();
+        }
+    }
+    result
 }
 
 fn registry() -> MutexGuard<'static, Option<Registry>> {
@@ -64,6 +79,27 @@ pub fn add_restore(path: &Path, original: &str) {
 
 pub fn remove_restore(path: &Path) {
     with(|r| r.restore.retain(|(p, _)| p != path));
+}
+
+pub fn add_pin_root(daemon: &Path, root: &Path) {
+    with(|r| r.pin_roots.push((daemon.to_path_buf(), root.to_path_buf())));
+}
+
+pub fn remove_pin_root(root: &Path) {
+    with(|r| r.pin_roots.retain(|(_, p)| p != root));
+}
+
+/// `<daemon> --uninstall --pin-root <root>`: removes the pins under `root` (detaching
+/// the programs they hold) and the folder. Returns whether the folder is gone.
+pub fn uninstall_pins(daemon: &Path, root: &Path) -> bool {
+    let _ = Command::new(daemon)
+        .arg("--uninstall")
+        .arg("--pin-root")
+        .arg(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    !root.exists()
 }
 
 /// The PIDs in a cgroup directory and its descendants.
@@ -139,6 +175,14 @@ pub fn teardown_all() {
     for (path, original) in &registry.restore {
         let _ = fs::write(path, original);
     }
+    for (daemon, root) in &registry.pin_roots {
+        if !uninstall_pins(daemon, root) {
+            eprintln!(
+                "warning: could not remove the eBPF pins under {}",
+                root.display()
+            );
+        }
+    }
 }
 
 /// Blocks the termination signals in this thread (and so in every thread started
@@ -163,7 +207,7 @@ pub fn install_signal_handler() {
             // SAFETY: set is a valid signal set; sig a valid out-pointer.
             unsafe { libc::sigwait(&set, &mut sig) };
             INTERRUPTED.store(true, Ordering::SeqCst);
-            eprintln!("\n\x1b[1;31m==> signal {sig}: stopping every process and removing every cgroup the benchmark made\x1b[0m");
+            eprintln!("\n\x1b[1;31m==> signal {sig}: stopping every process and removing every cgroup and pin this run made\x1b[0m");
             teardown_all();
             eprintln!("==> torn down");
             std::process::exit(128 + sig);

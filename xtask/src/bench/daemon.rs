@@ -1,5 +1,6 @@
 //! The daemon under test, started as an operator would: `--source <s> --no-pin
-//! --interval <i> --listen 127.0.0.1:<free port>`, its log kept in a file.
+//! --interval <i> --listen 127.0.0.1:<free port>` (plus `--detail-all` for the detailed
+//! eBPF arm), its log kept in a file.
 
 use std::{
     collections::HashMap,
@@ -15,19 +16,56 @@ use anyhow::{bail, Result};
 
 use super::{http, process::ChildGuard};
 
+/// How the daemon under test collects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Source {
+    /// eBPF, as deployed: per-process figures only for allocations someone asks about
+    /// (no one does inside a measured window), other cgroup files every 10 s.
     Ebpf,
+    /// Nomad's method: every process of every task from /proc, every interval.
     Procfs,
+    /// eBPF with `--detail-all`: every allocation's processes and cgroup files every
+    /// interval, the same work as Nomad's method done the eBPF way.
+    EbpfDetailed,
 }
 
 impl Source {
+    /// The arm's name in the report and results.json.
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Ebpf => "ebpf",
             Source::Procfs => "procfs",
+            Source::EbpfDetailed => "ebpf-detail-all",
         }
     }
+
+    /// What the daemon's `nomad_collector_source` gauge says for this arm.
+    pub fn reported(self) -> &'static str {
+        match self {
+            Source::Ebpf | Source::EbpfDetailed => "ebpf",
+            Source::Procfs => "procfs",
+        }
+    }
+
+    fn daemon_args(self) -> &'static [&'static str] {
+        match self {
+            Source::Ebpf => &["--source", "ebpf"],
+            Source::Procfs => &["--source", "procfs"],
+            Source::EbpfDetailed => &["--source", "ebpf", "--detail-all"],
+        }
+    }
+
+    pub fn is_ebpf(self) -> bool {
+        self != Source::Procfs
+    }
+}
+
+/// Ids of the daemon's eBPF programs, from its start-up log line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramIds {
+    pub sched_switch: u64,
+    pub checkpoint: u64,
+    pub process_iter: u64,
 }
 
 pub struct Daemon {
@@ -77,34 +115,31 @@ impl Metrics {
     }
 }
 
-/// Removes ANSI colour sequences (the log is written to a file, but be safe).
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 impl Daemon {
     pub fn start(binary: &Path, source: Source, interval: Duration) -> Result<Self> {
+        Self::start_with_pins(binary, source, interval, None)
+    }
+
+    /// Like [`Daemon::start`], with the eBPF pins under `pin_root` (so that counting goes
+    /// on across a restart) instead of `--no-pin` when given.
+    pub fn start_with_pins(
+        binary: &Path,
+        source: Source,
+        interval: Duration,
+        pin_root: Option<&Path>,
+    ) -> Result<Self> {
         let port = http::free_port()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let log = std::env::temp_dir().join(format!("nomad-collector-bench-{port}.log"));
         let file = fs::File::create(&log)?;
+        let mut cmd = Command::new(binary);
+        match pin_root {
+            Some(root) => cmd.arg("--pin-root").arg(root),
+            None => cmd.arg("--no-pin"),
+        };
         let child = ChildGuard::spawn(
-            Command::new(binary)
-                .args(["--listen", &addr.to_string()])
-                .args(["--source", source.as_str(), "--no-pin"])
+            cmd.args(["--listen", &addr.to_string()])
+                .args(source.daemon_args())
                 .arg("--interval")
                 .arg(format!("{}ms", interval.as_millis()))
                 .env("RUST_LOG", "info")
@@ -142,13 +177,13 @@ impl Daemon {
     }
 
     pub fn log_text(&self) -> String {
-        strip_ansi(&fs::read_to_string(&self.log).unwrap_or_default())
+        fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// (sched_switch program id, task iterator program id), from the start-up log line.
-    pub fn program_ids(&self) -> Option<(u64, u64)> {
+    /// The eBPF programs' ids, from the start-up log line (None on the /proc source).
+    pub fn program_ids(&self) -> Option<ProgramIds> {
         let log = self.log_text();
-        let line = log.lines().find(|l| l.contains("task_iter="))?;
+        let line = log.lines().find(|l| l.contains("process_iter="))?;
         let field = |key: &str| -> Option<u64> {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(key))?
@@ -156,7 +191,11 @@ impl Daemon {
                 .parse()
                 .ok()
         };
-        Some((field("sched_switch=")?, field("task_iter=")?))
+        Some(ProgramIds {
+            sched_switch: field("sched_switch=")?,
+            checkpoint: field("checkpoint=")?,
+            process_iter: field("process_iter=")?,
+        })
     }
 
     pub fn metrics(&self) -> Result<Metrics> {

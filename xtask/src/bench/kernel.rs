@@ -1,11 +1,12 @@
 //! Kernel-side cost: `kernel.bpf_stats_enabled`, and the slowdown of a pinned
-//! `perf bench sched pipe` with the daemon running against not running.
+//! `perf bench sched pipe` with the daemon running against not running (and against an
+//! empty program on the same tracepoint, the floor).
 
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -15,6 +16,7 @@ use super::{
     cleanup,
     daemon::{Daemon, Source},
     measure::bpf_stats_enabled,
+    process::ChildGuard,
     workload::in_cgroup,
 };
 
@@ -49,6 +51,8 @@ pub struct Slowdown {
     pub loops: u64,
     /// usecs/op of each run, per arm.
     pub none: Vec<f64>,
+    /// Only an empty sched_switch program attached: the tracepoint's own cost.
+    pub empty: Vec<f64>,
     pub ebpf: Vec<f64>,
     pub procfs: Vec<f64>,
     /// Whether bpf_stats was found on during any run (someone else turned it on).
@@ -82,8 +86,53 @@ pub fn parse_usecs_per_op(text: &str) -> Option<f64> {
         .ok()
 }
 
-/// Rounds of: no daemon / eBPF daemon / procfs daemon (the order rotating each round),
-/// each arm one pinned pipe run, with bpf_stats off.
+/// What runs beside the pinned pipe in one arm of the slowdown measurement.
+#[derive(Clone, Copy, Debug)]
+enum PipeArm {
+    Nothing,
+    /// `nomad-collector --empty-probe`: an empty program on sched_switch, no daemon.
+    EmptyProbe,
+    Daemon(Source),
+}
+
+impl PipeArm {
+    fn name(self) -> &'static str {
+        match self {
+            PipeArm::Nothing => "no daemon",
+            PipeArm::EmptyProbe => "empty sched_switch program",
+            PipeArm::Daemon(source) => source.as_str(),
+        }
+    }
+}
+
+/// Starts `nomad-collector --empty-probe` and waits until its program is attached.
+fn start_empty_probe(binary: &Path) -> Result<ChildGuard> {
+    let log = std::env::temp_dir().join("nomad-collector-bench-empty-probe.log");
+    let file = fs::File::create(&log)?;
+    let mut child = ChildGuard::spawn(
+        Command::new(binary)
+            .arg("--empty-probe")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file.try_clone()?))
+            .stderr(Stdio::from(file)),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("program attached") {
+            return Ok(child);
+        }
+        if let Some(status) = child.try_wait() {
+            bail!("nomad-collector --empty-probe exited ({status}): {text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nomad-collector --empty-probe did not attach within 60 s")
+}
+
+/// Rounds of: nothing / an empty sched_switch program / eBPF daemon / procfs daemon (the
+/// order rotating each round), each arm one pinned pipe run, with bpf_stats off.
 pub fn pipe_slowdown(
     binary: &Path,
     task: &TaskCgroup,
@@ -99,33 +148,45 @@ pub fn pipe_slowdown(
     };
     // One unmeasured run to warm caches and the page cache for perf.
     pinned_pipe(task, loops / 4)?;
-    let arms = [None, Some(Source::Ebpf), Some(Source::Procfs)];
+    let arms = [
+        PipeArm::Nothing,
+        PipeArm::EmptyProbe,
+        PipeArm::Daemon(Source::Ebpf),
+        PipeArm::Daemon(Source::Procfs),
+    ];
     for round in 0..rounds {
         for k in 0..arms.len() {
             let arm = arms[(round + k) % arms.len()];
-            let daemon = match arm {
-                Some(source) => {
+            // Held for the run, stopped when dropped.
+            let (mut daemon, mut probe) = (None, None);
+            match arm {
+                PipeArm::Nothing => {}
+                PipeArm::EmptyProbe => probe = Some(start_empty_probe(binary)?),
+                PipeArm::Daemon(source) => {
                     let d = Daemon::start(binary, source, interval)?;
                     d.wait_cycles(2)?;
-                    Some(d)
+                    daemon = Some(d);
                 }
-                None => None,
-            };
+            }
             result.stats_seen_on |= bpf_stats_enabled();
             let usecs = pinned_pipe(task, loops)?;
             result.stats_seen_on |= bpf_stats_enabled();
-            if let Some(d) = daemon {
+            if let Some(d) = daemon.take() {
                 d.stop();
             }
-            let name = arm.map_or("no daemon", Source::as_str);
+            if let Some(mut p) = probe.take() {
+                p.stop(Duration::from_secs(15));
+            }
             progress(&format!(
-                "pipe slowdown round {}/{rounds}: {name}: {usecs:.3} usecs/op",
-                round + 1
+                "pipe slowdown round {}/{rounds}: {}: {usecs:.3} usecs/op",
+                round + 1,
+                arm.name()
             ));
             match arm {
-                None => result.none.push(usecs),
-                Some(Source::Ebpf) => result.ebpf.push(usecs),
-                Some(Source::Procfs) => result.procfs.push(usecs),
+                PipeArm::Nothing => result.none.push(usecs),
+                PipeArm::EmptyProbe => result.empty.push(usecs),
+                PipeArm::Daemon(Source::Procfs) => result.procfs.push(usecs),
+                PipeArm::Daemon(_) => result.ebpf.push(usecs),
             }
         }
     }

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use super::{
-    daemon::{Daemon, Source},
+    daemon::{Daemon, ProgramIds, Source},
     http,
     process::{self, BpfObject},
     workload::Scenario,
@@ -59,11 +59,18 @@ pub struct RunFigures {
     pub cycle_cpu_metric_s: Vec<f64>,
     /// `nomad_collector_cycle_seconds` at the window's start and end.
     pub cycle_wall_metric_s: Vec<f64>,
-    pub threads_sampled: f64,
+    /// Processes sampled one by one, and allocations collected in detail, in the last
+    /// cycle of the window.
+    pub processes_sampled: f64,
+    pub detailed_allocations: f64,
     /// sched_switch program: run time and runs over the window (bpf_stats on).
     pub switch_run_ns: f64,
     pub switch_runs: f64,
-    /// Task iterator program: run time and runs (tasks visited + 1 per pass).
+    /// Checkpoint program (one run per CPU per cycle, mostly on other CPUs in interrupt
+    /// context, so not in the daemon's own CPU time).
+    pub checkpoint_run_ns: f64,
+    pub checkpoint_runs: f64,
+    /// Per-process task iterator (runs inside the daemon's read(2): in its system time).
     pub iter_run_ns: f64,
     pub iter_runs: f64,
     pub rss_bytes: u64,
@@ -93,10 +100,17 @@ impl RunFigures {
         self.process_cpu_ns / self.wall_ns * 100.0
     }
 
-    /// sched_switch program run time in % of one core (the iterator runs inside the
-    /// daemon's read(2), so it is already in the daemon's system time).
+    /// BPF run time outside the daemon's own CPU time, in % of one core: sched_switch on
+    /// every CPU, and the checkpoint (its run on the daemon's own CPU, which is also in
+    /// the daemon's time, is a few hundred ns per cycle). The per-process iterator runs
+    /// inside the daemon's read(2), so it is already in the daemon's system time.
     pub fn bpf_share(&self) -> f64 {
-        self.switch_run_ns / self.wall_ns * 100.0
+        (self.switch_run_ns + self.checkpoint_run_ns) / self.wall_ns * 100.0
+    }
+
+    /// Everything the daemon costs, in % of one core.
+    pub fn total_share(&self) -> f64 {
+        self.process_share() + self.bpf_share()
     }
 
     pub fn switch_ns_per_event(&self) -> f64 {
@@ -105,6 +119,10 @@ impl RunFigures {
 
     pub fn switches_per_s(&self) -> f64 {
         self.switch_runs / self.wall_ns * 1e9
+    }
+
+    pub fn checkpoint_us_per_cycle(&self) -> f64 {
+        self.checkpoint_run_ns / self.cycles / 1e3
     }
 
     pub fn iter_us_per_cycle(&self) -> f64 {
@@ -118,6 +136,7 @@ struct Point {
     stat: u64,
     collector: u64,
     switch: (u64, u64),
+    checkpoint: (u64, u64),
     iter: (u64, u64),
 }
 
@@ -157,7 +176,7 @@ fn wait_cycle_end(pid: u32, tid: u32, interval: Duration) {
     }
 }
 
-fn point(daemon: &Daemon, tid: u32, ids: Option<(u64, u64)>) -> Result<Point> {
+fn point(daemon: &Daemon, tid: u32, ids: Option<ProgramIds>) -> Result<Point> {
     let pid = daemon.pid();
     let objects = process::bpf_objects(pid);
     Ok(Point {
@@ -165,8 +184,9 @@ fn point(daemon: &Daemon, tid: u32, ids: Option<(u64, u64)>) -> Result<Point> {
         process: process::process_cpu_ns(pid)?,
         stat: process::stat_cpu_ns(pid)?,
         collector: process::thread_cpu_ns(pid, tid)?,
-        switch: prog_stats(&objects, ids.map(|i| i.0)),
-        iter: prog_stats(&objects, ids.map(|i| i.1)),
+        switch: prog_stats(&objects, ids.map(|i| i.sched_switch)),
+        checkpoint: prog_stats(&objects, ids.map(|i| i.checkpoint)),
+        iter: prog_stats(&objects, ids.map(|i| i.process_iter)),
     })
 }
 
@@ -215,7 +235,7 @@ fn measure(
     }
 
     let m0 = daemon.metrics()?;
-    let expected = daemon.source.as_str();
+    let expected = daemon.source.reported();
     if m0.source.as_deref() != Some(expected) {
         anyhow::bail!(
             "the daemon reports source {:?}, expected {expected}",
@@ -249,9 +269,12 @@ fn measure(
         collector_cpu_ns: delta(p0.collector, p1.collector),
         cycle_cpu_metric_s: vec![m0.get("cycle_cpu_seconds"), m1.get("cycle_cpu_seconds")],
         cycle_wall_metric_s: vec![m0.get("cycle_seconds"), m1.get("cycle_seconds")],
-        threads_sampled: m1.get("threads_sampled"),
+        processes_sampled: m1.get("processes_sampled"),
+        detailed_allocations: m1.get("detailed_allocations"),
         switch_run_ns: delta(p0.switch.0, p1.switch.0),
         switch_runs: delta(p0.switch.1, p1.switch.1),
+        checkpoint_run_ns: delta(p0.checkpoint.0, p1.checkpoint.0),
+        checkpoint_runs: delta(p0.checkpoint.1, p1.checkpoint.1),
         iter_run_ns: delta(p0.iter.0, p1.iter.0),
         iter_runs: delta(p0.iter.1, p1.iter.1),
         rss_bytes: rss,

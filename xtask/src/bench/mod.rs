@@ -7,18 +7,18 @@
 //! it), [`measure`] (one daemon run), [`kernel`] (bpf_stats, pipe slowdown), [`api`]
 //! (wrk against the daemon and a plain warp server; pidstat), [`report`] and [`plot`].
 
-mod api;
-mod cgroups;
-mod cleanup;
-mod daemon;
-mod http;
+pub(crate) mod api;
+pub(crate) mod cgroups;
+pub(crate) mod cleanup;
+pub(crate) mod daemon;
+pub(crate) mod http;
 mod kernel;
 mod measure;
 mod plot;
-mod process;
+pub(crate) mod process;
 mod report;
 mod stats;
-mod workload;
+pub(crate) mod workload;
 
 use std::{
     path::{Path, PathBuf},
@@ -111,7 +111,45 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-fn progress_printer(started: Instant) -> impl Fn(&str) {
+/// Builds `bins` of `package` in release mode, in one announced cargo step (one package
+/// at a time, so that no other package's features change the daemon's build), and returns
+/// their paths.
+pub(crate) fn build_release<const N: usize>(
+    what: &str,
+    package: &str,
+    bins: [&str; N],
+) -> Result<[PathBuf; N]> {
+    let mut build = cargo();
+    build.args(["build", "--release", "-p", package]);
+    for bin in bins {
+        build.args(["--bin", bin]);
+    }
+    step(what, &mut build)?;
+    let paths = bins.map(|bin| target_dir().join("release").join(bin));
+    for path in &paths {
+        if !path.exists() {
+            bail!("{} is missing after the build", path.display());
+        }
+    }
+    Ok(paths)
+}
+
+/// From here on the host is changed: checks the cgroup layout, makes Ctrl-C tear down
+/// (call before any other thread exists, so that every later thread inherits the blocked
+/// signals), and removes the task cgroups a previous, killed run left.
+pub(crate) fn take_over_host() -> Result<()> {
+    cgroups::check_layout()?;
+    cleanup::install_signal_handler();
+    let stale = cgroups::remove_stale();
+    if stale > 0 {
+        announce(&format!(
+            "removed {stale} task cgroups a previous (killed) run left"
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn progress_printer(started: Instant) -> impl Fn(&str) {
     move |what: &str| {
         let t = started.elapsed().as_secs();
         eprintln!("    [{:>2}:{:02}] {what}", t / 60, t % 60);
@@ -138,14 +176,7 @@ fn pick_scenarios(args: &BenchArgs) -> Result<Vec<Spec>> {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let result = run_all(args);
-    if cleanup::interrupted() {
-        // The signal thread is tearing down and will exit the process.
-        loop {
-            std::thread::park();
-        }
-    }
-    result
+    cleanup::unless_interrupted(run_all(args))
 }
 
 fn run_all(args: BenchArgs) -> Result<()> {
@@ -189,49 +220,17 @@ fn run_all(args: BenchArgs) -> Result<()> {
     };
 
     setup::ensure(&setup::Needs::bench())?;
-    step(
+    let [daemon_bin] = build_release(
         "building the daemon (release, eBPF programs included)",
-        cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "collector-user",
-            "--bin",
-            "nomad-collector",
-        ]),
+        "collector-user",
+        ["nomad-collector"],
     )?;
-    step(
+    let [helper_bin, plain_bin] = build_release(
         "building the benchmark helpers (bench-load, plain-warp; release)",
-        cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "xtask",
-            "--bin",
-            "bench-load",
-            "--bin",
-            "plain-warp",
-        ]),
+        "xtask",
+        ["bench-load", "plain-warp"],
     )?;
-    let release = target_dir().join("release");
-    let daemon_bin = release.join("nomad-collector");
-    let helper_bin = release.join("bench-load");
-    let plain_bin = release.join("plain-warp");
-    for bin in [&daemon_bin, &helper_bin, &plain_bin] {
-        if !bin.exists() {
-            bail!("{} is missing after the build", bin.display());
-        }
-    }
-    cgroups::check_layout()?;
-    // From here on the host is changed: Ctrl-C tears down. Before any other thread
-    // exists, so that every later thread inherits the blocked signals.
-    cleanup::install_signal_handler();
-    let stale = cgroups::remove_stale();
-    if stale > 0 {
-        announce(&format!(
-            "removed {stale} task cgroups a previous (killed) run left"
-        ));
-    }
+    take_over_host()?;
 
     let machine = report::Machine::probe();
     if machine.load_before > machine.cores as f64 {
@@ -324,12 +323,16 @@ fn run_scenario(
     let mut runs = Vec::new();
     {
         let _stats = kernel::BpfStats::set(true)?;
+        // The detailed eBPF arm (every allocation's processes every interval) only where
+        // there are many: it is the comparison that shows what the default saves.
+        let mut sources = vec![Source::Ebpf, Source::Procfs];
+        if matches!(spec.load, Load::Sleepers { .. }) {
+            sources.push(Source::EbpfDetailed);
+        }
         for round in 0..plan.runs {
-            let order = if round % 2 == 0 {
-                [Source::Ebpf, Source::Procfs]
-            } else {
-                [Source::Procfs, Source::Ebpf]
-            };
+            // Rotate the order each round so that no arm always runs first or last.
+            let mut order = sources.clone();
+            order.rotate_left(round % sources.len());
             for source in order {
                 let f = measure::run(
                     daemon_bin,
@@ -343,7 +346,7 @@ fn run_scenario(
                     format!("{} run {}, source {}", spec.key, round + 1, source.as_str())
                 })?;
                 let mut line = format!(
-                    "run {}/{} {:<6}: {:.3} ms CPU/cycle (collector thread {:.3} ms) over {} cycles, RSS {:.1} MiB",
+                    "run {}/{} {:<15}: {:.3} ms CPU/cycle (collector thread {:.3} ms) over {} cycles, RSS {:.1} MiB",
                     round + 1,
                     plan.runs,
                     source.as_str(),
@@ -352,11 +355,11 @@ fn run_scenario(
                     f.cycles,
                     f.rss_bytes as f64 / 1048576.0
                 );
-                if source == Source::Ebpf {
+                if source.is_ebpf() {
                     line += &format!(
-                        ", sched_switch {:.0} ns/event, iterator {:.0} µs/cycle",
+                        ", sched_switch {:.0} ns/event, {:.0} processes sampled",
                         f.switch_ns_per_event(),
-                        f.iter_us_per_cycle()
+                        f.processes_sampled
                     );
                 }
                 if let Some(a) = f.accuracy {

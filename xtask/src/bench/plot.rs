@@ -14,6 +14,14 @@ pub type Series = [(Source, Points)];
 
 /// `series`: per source, points (processes, median, min, max) in ms per cycle, joined by
 /// lines; `idle`: the same for idle tasks, drawn as open markers.
+fn series_color(source: Source) -> RGBColor {
+    match source {
+        Source::Ebpf => BLUE,
+        Source::EbpfDetailed => GREEN,
+        Source::Procfs => RED,
+    }
+}
+
 pub fn collection_cost(path: &Path, series: &Series, idle: &Series) -> Result<()> {
     let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
     let all: Vec<f64> = series
@@ -60,12 +68,10 @@ pub fn collection_cost(path: &Path, series: &Series, idle: &Series) -> Result<()
         if pts.is_empty() {
             continue;
         }
-        let color = match source {
-            Source::Ebpf => BLUE,
-            Source::Procfs => RED,
-        };
+        let color = series_color(*source);
         let label = match source {
-            Source::Ebpf => "eBPF (task iterator)",
+            Source::Ebpf => "eBPF (processes of requested allocations only)",
+            Source::EbpfDetailed => "eBPF --detail-all (every process, every interval)",
             Source::Procfs => "procfs (Nomad's method)",
         };
         chart
@@ -95,10 +101,7 @@ pub fn collection_cost(path: &Path, series: &Series, idle: &Series) -> Result<()
         if pts.is_empty() {
             continue;
         }
-        let color = match source {
-            Source::Ebpf => BLUE,
-            Source::Procfs => RED,
-        };
+        let color = series_color(*source);
         chart
             .draw_series(
                 pts.iter()
@@ -107,6 +110,7 @@ pub fn collection_cost(path: &Path, series: &Series, idle: &Series) -> Result<()
             .map_err(|e| err(&e))?
             .label(match source {
                 Source::Ebpf => "eBPF, all tasks idle",
+                Source::EbpfDetailed => "eBPF --detail-all, all tasks idle",
                 Source::Procfs => "procfs, all tasks idle",
             })
             .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.stroke_width(2)));

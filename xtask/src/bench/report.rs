@@ -14,6 +14,7 @@ use anyhow::Result;
 use super::{
     api,
     daemon::Source,
+    kernel,
     measure::RunFigures,
     plot,
     stats::{sig, Summary},
@@ -96,13 +97,29 @@ fn mib(bytes: f64) -> String {
     format!("{:.1}", bytes / 1048576.0)
 }
 
-/// procfs ÷ eBPF of `f`, one ratio per round (both sources ran in the same round).
-fn round_ratios(r: &ScenarioResult, f: impl Fn(&RunFigures) -> f64) -> Option<Summary> {
-    let ratios = r.of(Source::Ebpf).filter_map(|e| {
-        let p = r.of(Source::Procfs).find(|p| p.round == e.round)?;
-        Some(f(p) / f(e))
+/// `over` ÷ `under` of `f`, one ratio per round (both arms ran in the same round).
+fn round_ratios(
+    r: &ScenarioResult,
+    over: Source,
+    under: Source,
+    f: impl Fn(&RunFigures) -> f64,
+) -> Option<Summary> {
+    let ratios = r.of(under).filter_map(|u| {
+        let o = r.of(over).find(|o| o.round == u.round)?;
+        Some(f(o) / f(u))
     });
     Summary::of(ratios)
+}
+
+/// The arms a scenario ran, in report order.
+fn arms(r: &ScenarioResult) -> impl Iterator<Item = Source> + '_ {
+    [Source::Ebpf, Source::EbpfDetailed, Source::Procfs]
+        .into_iter()
+        .filter(|src| r.of(*src).next().is_some())
+}
+
+fn times(s: Option<Summary>) -> String {
+    show(s, |x| format!("{}×", sig(x)))
 }
 
 fn yes(met: Option<bool>) -> &'static str {
@@ -123,19 +140,28 @@ fn targets(report: &Report) -> Vec<Target> {
     let find = |key: &str| report.results.iter().find(|r| r.spec.key == key);
     let mut out = Vec::new();
 
-    let ratio = find("10k").and_then(|r| round_ratios(r, RunFigures::ms_per_cycle));
-    let idle = find("10k-idle").and_then(|r| round_ratios(r, RunFigures::ms_per_cycle));
+    let procfs_over = |key, under| {
+        find(key).and_then(|r| round_ratios(r, Source::Procfs, under, RunFigures::ms_per_cycle))
+    };
+    let ratio = procfs_over("10k", Source::Ebpf);
+    let idle = procfs_over("10k-idle", Source::Ebpf);
+    let detailed = procfs_over("10k", Source::EbpfDetailed);
     out.push(Target {
         what: "eBPF cycle ≥ 20× cheaper than procfs at 10,000 processes / 1,000 tasks",
         measured: ratio.map_or("–".into(), |s| {
             let mut text = format!(
-                "{} cheaper (median of per-round procfs ÷ eBPF)",
+                "{} cheaper (median of per-round procfs ÷ eBPF; no client asking for an \
+                 allocation)",
                 s.show(|x| format!("{}×", sig(x)))
             );
             if let Some(i) = idle {
+                text += &format!("; {} with all tasks idle (`10k-idle`)", times(Some(i)));
+            }
+            if let Some(d) = detailed {
                 text += &format!(
-                    "; {} with all tasks idle (`10k-idle`)",
-                    i.show(|x| format!("{}×", sig(x)))
+                    "; {} with every allocation's processes and cgroup files read every \
+                     interval (`--detail-all`)",
+                    times(Some(d))
                 );
             }
             text
@@ -149,7 +175,7 @@ fn targets(report: &Report) -> Vec<Target> {
         .iter()
         .filter(|r| matches!(r.spec.load, Load::Sleepers { .. }))
         .filter_map(|r| {
-            let s = summary(r.of(Source::Ebpf), |f| f.process_share() + f.bpf_share())?;
+            let s = summary(r.of(Source::Ebpf), RunFigures::total_share)?;
             Some((r.spec.key, s))
         })
         .collect();
@@ -207,16 +233,28 @@ fn targets(report: &Report) -> Vec<Target> {
         met: per_event.map(|s| s.median <= 100.0),
     });
 
-    let slowdown = find("pipe")
-        .and_then(|r| r.slowdown.as_ref())
-        .and_then(|s| {
+    let pipe = find("pipe").and_then(|r| r.slowdown.as_ref());
+    let slowdown_of = |arm: fn(&kernel::Slowdown) -> &Vec<f64>| {
+        pipe.and_then(|s| {
             let none = Summary::of(s.none.iter().copied())?;
-            let ebpf = Summary::of(s.ebpf.iter().copied())?;
-            Some((ebpf.median / none.median - 1.0) * 100.0)
-        });
+            let with = Summary::of(arm(s).iter().copied())?;
+            Some((with.median / none.median - 1.0) * 100.0)
+        })
+    };
+    let slowdown = slowdown_of(|s| &s.ebpf);
+    let floor = slowdown_of(|s| &s.empty);
     out.push(Target {
         what: "≤ 4% slowdown of a pinned `perf bench sched pipe` with the daemon running",
-        measured: slowdown.map_or("–".into(), |x| format!("{x:+.1}% (eBPF daemon)")),
+        measured: slowdown.map_or("–".into(), |x| {
+            let mut text = format!("{x:+.1}% (eBPF daemon)");
+            if let Some(f) = floor {
+                text += &format!(
+                    "; an empty program on the same tracepoint: {f:+.1}%, the floor under \
+                     any sched_switch program on this machine"
+                );
+            }
+            text
+        }),
         met: slowdown.map(|x| x <= 4.0),
     });
 
@@ -302,7 +340,7 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(
         w,
         "- Plan: daemon `--no-pin --interval {}s`, {} warm-up cycles, then {} measured cycles \
-         per run; {} run(s) per source per scenario, eBPF and procfs alternated (ABBA); \
+         per run; {} run(s) per arm per scenario, the arms' order rotated each round; \
          `kernel.bpf_stats_enabled=1` during these runs; total time {:.1} min",
         plan.settings.interval.as_secs_f64(),
         plan.settings.warmup_cycles,
@@ -371,16 +409,19 @@ fn cost_tables(report: &Report, w: &mut String) {
         "The daemon process's CPU time (all threads; the exact scheduler runtime from its \
          process CPU clock, of which `/proc/<pid>/stat` utime+stime is the tick-rounded \
          split) over the measured window ÷ cycles completed in it. The window starts and \
-         ends on cycle boundaries and the daemon serves no request inside it. The task \
-         iterator runs inside the daemon's `read(2)`, so its run time is included here as \
-         system time. Ratio: procfs ÷ eBPF per round (both sources in the same round).\n\n\
+         ends on cycle boundaries and the daemon serves no request inside it, so the eBPF \
+         arm collects no allocation's processes (nobody asked) and re-reads each task's \
+         cgroup files every 10 s; the `--detail-all` arm reads every allocation's processes \
+         (through the per-process task iterator, inside the daemon's `read(2)`: its system \
+         time) and cgroup files every interval, as Nomad's method does. Ratios: procfs ÷ the \
+         eBPF arm per round (all arms in the same round).\n\n\
          ![collection CPU per cycle](benchmarks/collection-cost.svg)\n"
     );
     let _ = writeln!(
         w,
-        "| Scenario | eBPF ms/cycle | procfs ms/cycle | procfs ÷ eBPF | cycle wall time eBPF / procfs (ms) |"
+        "| Scenario | eBPF ms/cycle | eBPF `--detail-all` ms/cycle | procfs ms/cycle | procfs ÷ eBPF | procfs ÷ eBPF `--detail-all` | cycle wall time eBPF / procfs (ms) |"
     );
-    let _ = writeln!(w, "|---|---|---|---|---|");
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|");
     for r in &report.results {
         let wall = |src| {
             show(
@@ -392,16 +433,24 @@ fn cost_tables(report: &Report, w: &mut String) {
                 ms,
             )
         };
+        let per_cycle = |src| show(summary(r.of(src), RunFigures::ms_per_cycle), ms);
+        let ratio = |under| {
+            times(round_ratios(
+                r,
+                Source::Procfs,
+                under,
+                RunFigures::ms_per_cycle,
+            ))
+        };
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | {} / {} |",
+            "| {} | {} | {} | {} | {} | {} | {} / {} |",
             scenario_label(r),
-            show(summary(r.of(Source::Ebpf), RunFigures::ms_per_cycle), ms),
-            show(summary(r.of(Source::Procfs), RunFigures::ms_per_cycle), ms),
-            show(round_ratios(r, RunFigures::ms_per_cycle), |x| format!(
-                "{}×",
-                sig(x)
-            )),
+            per_cycle(Source::Ebpf),
+            per_cycle(Source::EbpfDetailed),
+            per_cycle(Source::Procfs),
+            ratio(Source::Ebpf),
+            ratio(Source::EbpfDetailed),
             wall(Source::Ebpf),
             wall(Source::Procfs),
         );
@@ -459,22 +508,28 @@ fn kernel_tables(report: &Report, w: &mut String) {
     let _ = writeln!(w, "## 2. Kernel-side cost\n");
     let _ = writeln!(
         w,
-        "eBPF source, `kernel.bpf_stats_enabled=1` during the window; run time and run count \
+        "eBPF arms, `kernel.bpf_stats_enabled=1` during the window; run time and run count \
          from `/proc/<daemon>/fdinfo/<prog fd>` (`run_time_ns`, `run_cnt`). The sched_switch \
          program runs on every context switch of the host (whatever else the shared machine \
-         runs); the task iterator once per task of the host per cycle.\n"
+         runs); the checkpoint once per CPU per cycle; the per-process task iterator once \
+         per thread of each process sampled (the `--detail-all` arm samples every process).\n"
     );
     let _ = writeln!(
         w,
-        "| Scenario | sched_switch ns/event | context switches/s (host) | iterator µs/cycle | iterator runs/cycle | threads sampled/cycle |"
+        "| Scenario | arm | sched_switch ns/event | context switches/s (host) | checkpoint µs/cycle | process iterator µs/cycle | processes sampled/cycle |"
     );
-    let _ = writeln!(w, "|---|---|---|---|---|---|");
-    for r in &report.results {
-        let e = || r.of(Source::Ebpf).filter(|f| f.bpf_stats_on);
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|");
+    for (r, src) in report
+        .results
+        .iter()
+        .flat_map(|r| arms(r).filter(|s| s.is_ebpf()).map(move |s| (r, s)))
+    {
+        let e = || r.of(src).filter(|f| f.bpf_stats_on);
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             scenario_label(r),
+            src.as_str(),
             show(
                 summary(
                     e().filter(|f| f.switch_runs > 0.0),
@@ -485,11 +540,9 @@ fn kernel_tables(report: &Report, w: &mut String) {
             show(summary(e(), RunFigures::switches_per_s), |x| format!(
                 "{x:.0}"
             )),
+            show(summary(e(), RunFigures::checkpoint_us_per_cycle), sig),
             show(summary(e(), RunFigures::iter_us_per_cycle), sig),
-            show(summary(e(), |f| f.iter_runs / f.cycles), |x| format!(
-                "{x:.0}"
-            )),
-            show(summary(r.of(Source::Ebpf), |f| f.threads_sampled), |x| {
+            show(summary(r.of(src), |f| f.processes_sampled), |x| {
                 format!("{x:.0}")
             }),
         );
@@ -502,9 +555,11 @@ fn kernel_tables(report: &Report, w: &mut String) {
         let _ = writeln!(
             w,
             "\n### Pinned pipe slowdown\n\n`taskset -c 1 perf bench sched pipe -l {}` in the \
-             `{}` task's cgroup, {} rounds of: no daemon / eBPF daemon / procfs daemon (order \
-             rotating each round; daemon at a 1 s interval, started and warmed up before the \
-             run). `kernel.bpf_stats_enabled=0`{}.\n",
+             `{}` task's cgroup, {} rounds of: no daemon / an empty program on sched_switch \
+             (`nomad-collector --empty-probe`: what the tracepoint costs with any program on \
+             it) / eBPF daemon / procfs daemon (order rotating each round; daemon at a 1 s \
+             interval, started and warmed up before the run). \
+             `kernel.bpf_stats_enabled=0`{}.\n",
             s.loops,
             r.spec.key,
             s.none.len(),
@@ -528,7 +583,12 @@ fn kernel_tables(report: &Report, w: &mut String) {
         );
         let _ = writeln!(w, "|---|---|---|---|---|");
         let none = Summary::of(s.none.iter().copied());
-        for (name, values) in [("none", &s.none), ("eBPF", &s.ebpf), ("procfs", &s.procfs)] {
+        for (name, values) in [
+            ("none", &s.none),
+            ("empty sched_switch program", &s.empty),
+            ("eBPF", &s.ebpf),
+            ("procfs", &s.procfs),
+        ] {
             let v = Summary::of(values.iter().copied());
             let (slow, fastest) = match (v, none) {
                 (Some(v), Some(n)) if name != "none" => (
@@ -561,16 +621,13 @@ fn share_table(report: &Report, w: &mut String) {
     let _ = writeln!(
         w,
         "In % of one core over the measured window: the daemon's user + system time (the \
-         task iterator included), plus the sched_switch program's run time on all CPUs \
-         (eBPF only).\n"
+         per-process iterator included), plus the run time of the sched_switch program on \
+         all CPUs and of the checkpoint on the other CPUs (eBPF arms only).\n"
     );
-    let _ = writeln!(
-        w,
-        "| Scenario | source | user + system % | sched_switch BPF % | total % |"
-    );
+    let _ = writeln!(w, "| Scenario | arm | user + system % | BPF % | total % |");
     let _ = writeln!(w, "|---|---|---|---|---|");
     for r in &report.results {
-        for src in [Source::Ebpf, Source::Procfs] {
+        for src in arms(r) {
             let _ = writeln!(
                 w,
                 "| {} | {} | {} | {} | {} |",
@@ -579,17 +636,16 @@ fn share_table(report: &Report, w: &mut String) {
                 show(summary(r.of(src), RunFigures::process_share), |x| format!(
                     "{x:.3}"
                 )),
-                if src == Source::Ebpf {
+                if src.is_ebpf() {
                     show(summary(r.of(src), RunFigures::bpf_share), |x| {
                         format!("{x:.3}")
                     })
                 } else {
                     "–".to_owned()
                 },
-                show(
-                    summary(r.of(src), |f| f.process_share() + f.bpf_share()),
-                    |x| format!("{x:.3}")
-                ),
+                show(summary(r.of(src), RunFigures::total_share), |x| format!(
+                    "{x:.3}"
+                )),
             );
         }
     }
@@ -602,16 +658,17 @@ fn memory_table(report: &Report, w: &mut String) {
         w,
         "VmRSS and peak VmHWM from `/proc/<pid>/status` at the end of the window; kernel \
          memory of the eBPF maps and programs the daemon holds (`memlock` of \
-         `/proc/<pid>/fdinfo`; the task-storage map's per-thread entries are allocated as \
-         threads are seen and are not in its `memlock`).\n"
+         `/proc/<pid>/fdinfo`; the task-storage map's per-thread entries, about 100 bytes \
+         per thread that ran since the programs were loaded, are allocated as threads \
+         switch and freed with them, and are not in its `memlock`).\n"
     );
     let _ = writeln!(
         w,
-        "| Scenario | source | VmRSS MiB | VmHWM MiB | maps memlock KiB (maps) | programs memlock KiB |"
+        "| Scenario | arm | VmRSS MiB | VmHWM MiB | maps memlock KiB (maps) | programs memlock KiB |"
     );
     let _ = writeln!(w, "|---|---|---|---|---|---|");
     for r in &report.results {
-        for src in [Source::Ebpf, Source::Procfs] {
+        for src in arms(r) {
             let maps = summary(r.of(src), |f| f.maps as f64).map_or(0.0, |s| s.median);
             let _ = writeln!(
                 w,
@@ -770,7 +827,7 @@ fn pidstat_table(report: &Report, w: &mut String) {
 /// The chart's points: (processes, median, min, max) ms/cycle per source, for the
 /// scale scenarios and (separately) the idle-task variant.
 fn chart_points(report: &Report, idle: bool) -> Vec<(Source, plot::Points)> {
-    [Source::Ebpf, Source::Procfs]
+    [Source::Ebpf, Source::EbpfDetailed, Source::Procfs]
         .into_iter()
         .map(|src| {
             let mut pts: plot::Points = report
@@ -810,11 +867,14 @@ fn raw_results(report: &Report) -> serde_json::Value {
                         "collector_cpu_ns": f.collector_cpu_ns,
                         "cycle_cpu_metric_s": f.cycle_cpu_metric_s,
                         "cycle_wall_metric_s": f.cycle_wall_metric_s,
-                        "threads_sampled": f.threads_sampled,
+                        "processes_sampled": f.processes_sampled,
+                        "detailed_allocations": f.detailed_allocations,
                         "sched_switch_run_ns": f.switch_run_ns,
                         "sched_switch_runs": f.switch_runs,
-                        "task_iter_run_ns": f.iter_run_ns,
-                        "task_iter_runs": f.iter_runs,
+                        "checkpoint_run_ns": f.checkpoint_run_ns,
+                        "checkpoint_runs": f.checkpoint_runs,
+                        "process_iter_run_ns": f.iter_run_ns,
+                        "process_iter_runs": f.iter_runs,
                         "bpf_stats_on": f.bpf_stats_on,
                         "vm_rss_bytes": f.rss_bytes,
                         "vm_hwm_bytes": f.hwm_bytes,
@@ -839,6 +899,7 @@ fn raw_results(report: &Report) -> serde_json::Value {
                 "pipe_slowdown_usecs_per_op": r.slowdown.as_ref().map(|s| json!({
                     "loops": s.loops,
                     "none": s.none,
+                    "empty_program": s.empty,
                     "ebpf": s.ebpf,
                     "procfs": s.procfs,
                     "bpf_stats_seen_on": s.stats_seen_on,
