@@ -114,7 +114,9 @@ fn to_toml(c: &Config) -> String {
             "data_dirs",
             Some(Value::Array(c.data_dirs.iter().map(|d| path(d)).collect())),
         ),
-        ("idle_refresh", Some(duration(c.idle_refresh))),
+        ("cgroup_refresh", Some(duration(c.cgroup_refresh))),
+        ("detail_for", Some(duration(c.detail_for))),
+        ("detail_all", Some(Value::Boolean(c.detail_all))),
         ("log_format", Some(Value::String(log_format.to_owned()))),
         (
             "ebpf",

@@ -21,7 +21,9 @@ use std::{
 
 use tracing::{debug, warn};
 
-use super::{mounts::Hierarchies, CgroupDir, CgroupError, CgroupMounts, TaskCgroups};
+use super::{
+    mounts::Hierarchies, watch::DirWatch, CgroupDir, CgroupError, CgroupMounts, TaskCgroups,
+};
 use crate::{
     config::is_alloc_id,
     fsutil::{inode_set_fingerprint, SubDir, Tree},
@@ -195,7 +197,17 @@ pub struct Discovery {
     listed: Vec<(Arc<Tree>, PathBuf, Option<u64>)>,
     /// The last scan left something to retry (a legacy cgroup not identified yet).
     retry: bool,
+    /// Reports children of the listed directories coming and going; `None` where inotify
+    /// is unavailable (the listed directories are then compared every interval).
+    watch: Option<DirWatch>,
+    /// Intervals since the listed directories were last compared with the last scan.
+    unchecked: u32,
 }
+
+/// How many intervals may pass, inotify reporting nothing, before the listed directories
+/// are compared anyway: a safety net, should a change ever go unreported (a watch limit
+/// reached, a watched directory replaced).
+const CHECK_ANYWAY_EVERY: u32 = 60;
 
 impl fmt::Debug for Discovery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -264,7 +276,14 @@ impl Discovery {
                 None => v1_groups.push((Arc::clone(tree), vec![(*controller).to_owned()])),
             }
         }
-        Ok(Self {
+        let watch = match DirWatch::new() {
+            Ok(watch) => Some(watch),
+            Err(e) => {
+                warn!(error = %e, "inotify unavailable: Nomad's cgroup directories are listed every interval instead");
+                None
+            }
+        };
+        let mut discovery = Self {
             hierarchies,
             parents,
             proc,
@@ -275,7 +294,50 @@ impl Discovery {
             environ: Vec::new(),
             listed: Vec::new(),
             retry: true,
-        })
+            watch,
+            unchecked: 0,
+        };
+        // Nomad's parent directories may be created (or removed and created again) later:
+        // that is a `mkdir` in a hierarchy's root.
+        let roots: Vec<Arc<Tree>> = discovery
+            .v1_groups
+            .iter()
+            .map(|(tree, _)| Arc::clone(tree))
+            .chain(discovery.hierarchies.v2().cloned())
+            .collect();
+        for root in roots {
+            discovery.watch_dir(&root, Path::new(""));
+        }
+        Ok(discovery)
+    }
+
+    /// Turns inotify off, as where it is unavailable (for tests of that path).
+    #[cfg(test)]
+    pub fn without_watch(mut self) -> Self {
+        self.watch = None;
+        self
+    }
+
+    /// Adds `rel` in `tree` to the inotify watch; a directory that does not exist is left
+    /// to its parent's watch. Any other failure (the watch limit) turns inotify off: the
+    /// directories are then compared every interval.
+    fn watch_dir(&mut self, tree: &Tree, rel: &Path) {
+        let Some(watch) = self.watch.as_mut() else {
+            return;
+        };
+        match watch.watch(&tree.path().join(rel)) {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {}
+            Err(e) => {
+                warn!(
+                    path = %tree.path().join(rel).display(),
+                    error = %e,
+                    "cannot watch a cgroup directory with inotify: Nomad's cgroup \
+                     directories are listed every interval instead"
+                );
+                self.watch = None;
+            }
+        }
     }
 
     pub fn hierarchies(&self) -> &Hierarchies {
@@ -291,6 +353,8 @@ impl Discovery {
     /// fingerprint of what was listed, so that the next [`Discovery::scan_if_changed`]
     /// sees any change made since (during the listing included).
     fn list(&mut self, tree: &Arc<Tree>, rel: &Path) -> Vec<SubDir> {
+        // Watched before it is listed: a change during the listing is reported.
+        self.watch_dir(tree, rel);
         let listed = tree.subdirs_with_inodes(rel);
         let fingerprint = listed
             .as_ref()
@@ -318,27 +382,40 @@ impl Discovery {
         }
     }
 
-    /// Like [`Discovery::scan`], but `None` when the set of subdirectories of every
-    /// directory the last scan listed is the same (one `readdir` pass each, nothing
-    /// parsed or allocated): with a thousand tasks per hierarchy this is what a quiet
-    /// interval costs.
+    /// Like [`Discovery::scan`], but `None` when no directory the last scan listed has
+    /// gained or lost a subdirectory since: inotify says so for the price of one `read`
+    /// (without inotify, and once a minute anyway, each directory's subdirectories are
+    /// compared with the last listing: one `readdir` pass each, nothing parsed).
     pub fn scan_if_changed(&mut self) -> Option<Vec<DiscoveredTask>> {
-        if !self.retry && !self.listed.is_empty() {
+        if self.retry || self.listed.is_empty() {
+            return Some(self.scan());
+        }
+        let compare = match self.watch.as_mut().map(DirWatch::changed) {
+            Some(true) => return Some(self.scan()),
+            Some(false) => {
+                self.unchecked += 1;
+                self.unchecked >= CHECK_ANYWAY_EVERY
+            }
+            None => true,
+        };
+        if compare {
+            self.unchecked = 0;
             let unchanged = self
                 .listed
                 .iter()
                 .all(|(tree, rel, seen)| tree.subdirs_fingerprint(rel).ok() == *seen);
-            if unchanged {
-                return None;
+            if !unchanged {
+                return Some(self.scan());
             }
         }
-        Some(self.scan())
+        None
     }
 
     /// Every Nomad task cgroup present now, one entry per (alloc, task), sorted.
     pub fn scan(&mut self) -> Vec<DiscoveredTask> {
         self.listed.clear();
         self.retry = false;
+        self.unchecked = 0;
         let mut found = BTreeMap::new();
         self.scan_v2(&mut found);
         let mut legacy: BTreeMap<String, Vec<LegacyDir>> = BTreeMap::new();

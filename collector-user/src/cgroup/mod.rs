@@ -13,6 +13,7 @@ mod mounts;
 mod stats;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 use std::{io, path::PathBuf};
 

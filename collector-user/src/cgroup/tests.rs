@@ -955,12 +955,22 @@ fn age(path: &Path, secs: i64) {
 
 #[test]
 fn an_unchanged_tree_is_not_listed_again_and_any_change_is_seen() {
+    for inotify in [true, false] {
+        unchanged_trees_are_not_listed_again(inotify);
+    }
+}
+
+/// With inotify, or comparing the directories' subdirectories every interval.
+fn unchanged_trees_are_not_listed_again(inotify: bool) {
     let root = tempfile::tempdir().unwrap();
     let proc = empty_proc();
     v1_root(root.path(), false);
     let first = format!("cpu,cpuacct/nomad/{A}.web");
     mkdir(root.path(), &first);
     let mut discovery = discovery(root.path(), proc.path());
+    if !inotify {
+        discovery = discovery.without_watch();
+    }
     assert_eq!(
         discovery.scan_if_changed().map(|t| t.len()),
         Some(1),
@@ -991,12 +1001,23 @@ fn an_unchanged_tree_is_not_listed_again_and_any_change_is_seen() {
     let tasks = discovery
         .scan_if_changed()
         .expect("a new task cgroup is seen, whatever the parent's time says");
-    assert_eq!(tasks.len(), 2);
+    assert_eq!(tasks.len(), 2, "inotify: {inotify}");
     assert!(discovery.scan_if_changed().is_none());
     unchanged_times(&|| fs::remove_dir(root.path().join(&first)).unwrap());
     let tasks = discovery
         .scan_if_changed()
         .expect("a removed task cgroup is seen");
-    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks.len(), 1, "inotify: {inotify}");
+    assert!(discovery.scan_if_changed().is_none());
+    // Nomad's parent removed and created again, with a task in it.
+    fs::remove_dir_all(root.path().join("cpu,cpuacct/nomad")).unwrap();
+    mkdir(root.path(), &format!("cpu,cpuacct/nomad/{A}.again"));
+    let tasks = discovery
+        .scan_if_changed()
+        .expect("a recreated parent is seen");
+    assert!(
+        tasks.iter().any(|t| t.task == "again"),
+        "inotify: {inotify}: {tasks:?}"
+    );
     assert!(discovery.scan_if_changed().is_none());
 }

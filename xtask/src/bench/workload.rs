@@ -3,8 +3,7 @@
 //! * `100`, `1k`, `10k`: 10 processes per task in 10 / 100 / 1,000 tasks (two tasks per
 //!   allocation). In each task one process wakes once a second (so every task shows a
 //!   little CPU every interval, as live services do) and the other nine `pause()`.
-//! * `10k-idle`: the 10,000 processes all `pause()` (idle tasks: the daemon re-reads
-//!   their cgroup files only every `idle_refresh`).
+//! * `10k-idle`: the 10,000 processes all `pause()` (tasks that use no CPU at all).
 //! * `pipe`: `perf bench sched pipe` in one task (context-switch heavy).
 //! * `churn`: in one task, a parent starting children that each burn 10 ms of CPU and
 //!   exit (10 ms pause between children).
