@@ -1,5 +1,5 @@
 //! Project tasks: `cargo xtask run`, `cargo xtask test`, `cargo xtask setup`,
-//! `cargo xtask bench`, `cargo xtask fuzz`.
+//! `cargo xtask bench`, `cargo xtask soak`, `cargo xtask fuzz`.
 //!
 //! Every task first installs what a fresh machine lacks (the nightly `rust-src`
 //! component, `bpf-linker`, Debian packages), printing what it does.

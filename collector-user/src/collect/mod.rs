@@ -445,7 +445,7 @@ impl Collector {
             };
             let due = cpu.processes.is_some()
                 || task.cgroups_read_at.is_none()
-                || (self.cycles + task.identity()).is_multiple_of(refresh_cycles);
+                || task.turn(self.cycles, refresh_cycles);
             if due {
                 match refresh_cgroup_figures(task, at) {
                     Ok(()) => {}

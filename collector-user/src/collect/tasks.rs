@@ -123,6 +123,18 @@ impl TaskEntry {
         }));
     }
 
+    /// Whether `cycle` is this task's turn of a job done every `period` cycles: tasks
+    /// take turns by their identity, so that a thousand tasks found together do not all
+    /// do it in the same cycle.
+    pub fn turn(&self, cycle: u64, period: u64) -> bool {
+        let period = period.max(1);
+        // The identity's low bits follow the inode numbers' (consecutive numbers give
+        // lopsided turns): take the phase from the well-mixed high bits of a Fibonacci
+        // hash instead.
+        let phase = (self.identity().wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) % period;
+        (cycle % period + phase).is_multiple_of(period)
+    }
+
     /// An identity for the task's cumulative counter: changes when its cgroups do.
     pub fn identity(&self) -> u64 {
         self.fingerprint
@@ -352,7 +364,7 @@ impl TaskSet {
         for (key, task) in &mut self.tasks {
             let due = task.attribution_checked == 0
                 || (cycle - task.attribution_checked >= DESCENDANT_RESCAN_CYCLES / 2
-                    && (cycle + task.identity()).is_multiple_of(DESCENDANT_RESCAN_CYCLES));
+                    && task.turn(cycle, DESCENDANT_RESCAN_CYCLES));
             if !due {
                 continue;
             }
@@ -403,5 +415,46 @@ impl TaskSet {
             .values()
             .flat_map(|t| t.attribution.iter().map(|&id| (id, t.since_ns)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task_with_inodes(inodes: Vec<u64>) -> TaskEntry {
+        TaskEntry::new(
+            AllocOrigin::Config,
+            Arc::default(),
+            Members::Pids(Vec::new()),
+            Arc::from([]),
+            inodes,
+            0,
+        )
+    }
+
+    #[test]
+    fn tasks_take_turns_evenly() {
+        // A thousand Nomad tasks as cgroupfs numbers them: a task's cgroups in the cpu,
+        // cpuacct and memory hierarchies, each directory followed by one kernfs node per
+        // control file (strides 14, 13 and 33 seen on this kernel). A phase taken from
+        // the identity's low bits put every such task on odd cycles only.
+        let tasks: Vec<TaskEntry> = (0..1000u64)
+            .map(|i| task_with_inodes(vec![249_063 + 14 * i, 232_144 + 13 * i, 590_933 + 33 * i]))
+            .collect();
+        for cycle in 0..10 {
+            let due = tasks.iter().filter(|t| t.turn(cycle, 10)).count();
+            assert!(
+                (60..=140).contains(&due),
+                "cycle {cycle}: {due} of 1000 tasks take their turn"
+            );
+        }
+        for task in &tasks {
+            assert_eq!(
+                (100..110).filter(|&c| task.turn(c, 10)).count(),
+                1,
+                "once per period"
+            );
+        }
     }
 }
