@@ -152,6 +152,15 @@ impl Cgroup {
         fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
     }
 
+    /// The cgroup's own CPU counter, `cpuacct.usage` (ns): the truth the tests compare the
+    /// daemon's figures with.
+    pub fn cpuacct_usage(&self) -> u64 {
+        self.read("cpuacct", "cpuacct.usage")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
     /// A `key value` line of a flat-keyed file such as `cpu.stat`.
     pub fn stat(&self, hierarchy: &str, file: &str, key: &str) -> u64 {
         self.read(hierarchy, file)
@@ -681,13 +690,7 @@ pub fn percent_and_truth(
     cgroup: &Cgroup,
     readings: usize,
 ) -> (f64, f64) {
-    let usage = || -> u64 {
-        cgroup
-            .read("cpuacct", "cpuacct.usage")
-            .trim()
-            .parse()
-            .unwrap()
-    };
+    let usage = || cgroup.cpuacct_usage();
     let path = format!("/v1/client/allocation/{alloc}/stats");
     // (snapshot timestamp, Percent) of the next snapshot newer than `after`.
     let next = |after: i64| -> (i64, f64) {

@@ -78,14 +78,6 @@ fn process_run_ns(kernel: &mut KernelAccounting, pid: u32) -> u64 {
         .sum()
 }
 
-fn cpuacct_usage(cgroup: &Cgroup) -> u64 {
-    cgroup
-        .read("cpuacct", "cpuacct.usage")
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 fn relative_error(measured: u64, truth: u64) -> f64 {
     (measured as f64 - truth as f64).abs() / truth as f64
 }
@@ -137,7 +129,7 @@ fn process_and_cgroup_totals_match_the_kernels_own_counters() {
     };
     let cgroup = Cgroup::create(&["cpuacct"], &format!("collector-test/{}", uuid()));
     track(&mut kernel, cgroup.id("cpuacct"), 3, monotonic_ns());
-    let usage_before = cpuacct_usage(&cgroup);
+    let usage_before = cgroup.cpuacct_usage();
     // Two busy threads for long enough to accumulate a couple of CPU-seconds.
     let child = cgroup.spawn(burner!().args(["spin", "2", "30"]));
     thread::sleep(Duration::from_millis(1500));
@@ -157,7 +149,7 @@ fn process_and_cgroup_totals_match_the_kernels_own_counters() {
     );
     // The cgroup counter, built at context switches, against the cgroup's own counter.
     let counted = slot_run_ns(&mut kernel, 3);
-    let truth = cpuacct_usage(&cgroup) - usage_before;
+    let truth = cgroup.cpuacct_usage() - usage_before;
     assert!(
         relative_error(counted, truth) < 0.01,
         "cgroup: sched_switch accounting {counted} ns vs cpuacct.usage delta {truth} ns"
@@ -193,13 +185,13 @@ fn short_lived_children_are_all_counted() {
     };
     let cgroup = Cgroup::create(&["cpuacct"], &format!("collector-test/{}", uuid()));
     track(&mut kernel, cgroup.id("cpuacct"), 0, monotonic_ns());
-    let usage_before = cpuacct_usage(&cgroup);
+    let usage_before = cgroup.cpuacct_usage();
     let exits_before = kernel.stats().exits_folded;
     // 100 children of ~10 ms CPU each, all shorter than one collection interval.
     let parent = cgroup.spawn(burner!().args(["churn", "100", "10"]));
     assert!(parent.wait(), "churn workload failed");
     let counted = slot_run_ns(&mut kernel, 0);
-    let truth = cpuacct_usage(&cgroup) - usage_before;
+    let truth = cgroup.cpuacct_usage() - usage_before;
     assert!(
         truth >= 900_000_000,
         "the children ran about 1 s of CPU: {truth} ns"

@@ -30,14 +30,6 @@ fn task_percent(v: &Value, task: &str) -> f64 {
         .unwrap()
 }
 
-fn cpuacct_usage(cgroup: &Cgroup) -> u64 {
-    cgroup
-        .read("cpuacct", "cpuacct.usage")
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 fn stop_process(pid: u32, signal: i32) {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid as i32, signal) };
@@ -70,7 +62,7 @@ fn a_restart_loses_no_cpu_time() {
     stop_process(spinner.pid(), libc::SIGSTOP);
     wait_cycles(&first, 2.0);
     let before = first.task_cpu_total_ns(&alloc, "work").unwrap();
-    let usage_before = cpuacct_usage(&cgroup);
+    let usage_before = cgroup.cpuacct_usage();
     assert!(
         before > 1_000_000_000,
         "counted {before} ns before the restart"
@@ -100,7 +92,7 @@ fn a_restart_loses_no_cpu_time() {
     );
     wait_cycles(&second, 2.0);
     let after = second.task_cpu_total_ns(&alloc, "work").unwrap();
-    let usage_after = cpuacct_usage(&cgroup);
+    let usage_after = cgroup.cpuacct_usage();
     let counted = after - before;
     let truth = usage_after - usage_before;
     assert!(
@@ -697,7 +689,7 @@ fn churn_loses_no_cpu_and_leaves_nothing_behind() {
     );
     let rss_start = vm_rss_bytes(daemon.pid());
     let total_before = daemon.task_cpu_total_ns(&alloc, "churn").unwrap();
-    let usage_before = cpuacct_usage(&cgroup);
+    let usage_before = cgroup.cpuacct_usage();
 
     let mut background = Background::default();
     // Another allocation whose cgroups are created and removed over and over, living
@@ -773,7 +765,7 @@ fn churn_loses_no_cpu_and_leaves_nothing_behind() {
     // Standstill again: every child has exited; two cycles publish their last CPU.
     wait_cycles(&daemon, 2.0);
     let counted = daemon.task_cpu_total_ns(&alloc, "churn").unwrap() as f64 - total_before as f64;
-    let truth = (cpuacct_usage(&cgroup) - usage_before) as f64;
+    let truth = (cgroup.cpuacct_usage() - usage_before) as f64;
     eprintln!(
         "CPU of the churning task: daemon {:.3} s, cgroup cpuacct.usage {:.3} s",
         counted / 1e9,
