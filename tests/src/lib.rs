@@ -13,7 +13,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Once,
+        Arc, Mutex, Once,
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -82,12 +82,27 @@ pub fn uuid() -> String {
 
 /// A cgroup made of one directory per hierarchy (e.g. `cpu`, `cpuacct`, `memory` at the
 /// same relative path, as Nomad does on cgroup v1). Dropping it kills every process in
-/// it, removes the directories, and removes the parents it created.
+/// it, removes the directories, and removes every parent directory this test process
+/// created that is empty by then.
 pub struct Cgroup {
     /// (hierarchy name, absolute directory); `unified` for cgroup v2.
     dirs: Vec<(String, PathBuf)>,
-    /// Parent directories this guard created, removed (if empty) after `dirs`.
-    created_parents: Vec<PathBuf>,
+}
+
+/// Parent directories (`nomad`, `nomad.slice`, …) created by any `Cgroup` of this test
+/// process, deepest last. Shared because guards are not dropped in creation order: the
+/// guard that made `nomad` may go while another still has a task in it, and the last
+/// guard to go must still remove `nomad`.
+static CREATED_PARENTS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes the created parents that are empty now (`rmdir` refuses the others).
+fn remove_empty_created_parents() {
+    let mut parents = CREATED_PARENTS.lock().unwrap_or_else(|e| e.into_inner());
+    for i in (0..parents.len()).rev() {
+        if fs::remove_dir(&parents[i]).is_ok() || !parents[i].exists() {
+            parents.remove(i);
+        }
+    }
 }
 
 fn hierarchy_root(hierarchy: &str) -> PathBuf {
@@ -101,10 +116,7 @@ fn hierarchy_root(hierarchy: &str) -> PathBuf {
 impl Cgroup {
     /// Creates `<hierarchy>/<rel>` in each hierarchy (`cpu`, `memory`, …, or `unified`).
     pub fn create(hierarchies: &[&str], rel: &str) -> Cgroup {
-        let mut cgroup = Cgroup {
-            dirs: Vec::new(),
-            created_parents: Vec::new(),
-        };
+        let mut cgroup = Cgroup { dirs: Vec::new() };
         for hierarchy in hierarchies {
             let root = hierarchy_root(hierarchy);
             let dir = root.join(rel);
@@ -120,7 +132,10 @@ impl Cgroup {
             for parent in missing.iter().rev() {
                 fs::create_dir(parent)
                     .unwrap_or_else(|e| panic!("mkdir {}: {e}", parent.display()));
-                cgroup.created_parents.push(parent.clone());
+                CREATED_PARENTS
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(parent.clone());
             }
             fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
             cgroup.dirs.push((hierarchy.to_string(), dir));
@@ -262,9 +277,7 @@ impl Drop for Cgroup {
         for (_, dir) in self.dirs.iter().rev() {
             remove_cgroup_dir(dir);
         }
-        for parent in self.created_parents.iter().rev() {
-            let _ = fs::remove_dir(parent);
-        }
+        remove_empty_created_parents();
     }
 }
 
