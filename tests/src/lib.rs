@@ -90,9 +90,10 @@ pub struct Cgroup {
 }
 
 /// Parent directories (`nomad`, `nomad.slice`, …) created by any `Cgroup` of this test
-/// process, deepest last. Shared because guards are not dropped in creation order: the
-/// guard that made `nomad` may go while another still has a task in it, and the last
-/// guard to go must still remove `nomad`.
+/// process, each after its own parent (so removing from the end takes children first).
+/// Shared because guards are not dropped in creation order: the guard that made `nomad`
+/// may go while another still has a task in it, and the last guard to go must still
+/// remove `nomad`.
 static CREATED_PARENTS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// Removes the created parents that are empty now (`rmdir` refuses the others).
