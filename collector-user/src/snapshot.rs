@@ -239,7 +239,6 @@ pub struct Snapshot {
     /// Bodies built on first use from this snapshot (see [`Snapshot::memo`]).
     pub host_json: OnceLock<Bytes>,
     pub metrics_json: OnceLock<Bytes>,
-    pub metrics_prometheus: OnceLock<Bytes>,
     pub allocations_json: OnceLock<Bytes>,
 }
 

@@ -130,9 +130,9 @@ fn processes_are_collected_while_someone_asks_and_not_otherwise() {
     eventually(Duration::from_secs(10), listed).expect("allocation listed");
     let gauge = |name: &str| daemon.metric(name, &[]).expect(name);
     // Nobody asked: no process is sampled.
-    let cycles = gauge("nomad_collector_cycles");
+    let cycles = gauge("nomad_collector_cycles_total");
     eventually(Duration::from_secs(5), || {
-        (gauge("nomad_collector_cycles") >= cycles + 2.0).then_some(())
+        (gauge("nomad_collector_cycles_total") >= cycles + 2.0).then_some(())
     })
     .expect("cycles");
     assert_eq!(gauge("nomad_collector_detailed_allocations"), 0.0);

@@ -37,9 +37,9 @@ fn stop_process(pid: u32, signal: i32) {
 
 /// Waits until the daemon has taken `cycles` further cycles.
 fn wait_cycles(daemon: &Daemon, cycles: f64) {
-    let start = daemon.metric("nomad_collector_cycles", &[]).unwrap_or(0.0);
+    let start = daemon.metric("nomad_collector_cycles_total", &[]).unwrap_or(0.0);
     eventually(Duration::from_secs(20), || {
-        (daemon.metric("nomad_collector_cycles", &[])? >= start + cycles).then_some(())
+        (daemon.metric("nomad_collector_cycles_total", &[])? >= start + cycles).then_some(())
     })
     .expect("the daemon keeps cycling");
 }
@@ -220,7 +220,7 @@ fn a_full_map_is_counted_and_nobody_gets_anothers_figures() {
     );
     assert!(
         daemon
-            .metric("nomad_collector_tracked_cgroups_full", &[])
+            .metric("nomad_collector_tracked_cgroups_full_total", &[])
             .unwrap()
             >= 1.0
     );
@@ -638,7 +638,7 @@ fn two_hundred_concurrent_clients_get_answers_while_collecting_a_thousand_proces
     assert!(p99 < Duration::from_secs(2), "p99 {p99:?}");
 }
 
-/// A gauge of the daemon's own health (label-less `nomad_collector_*`).
+/// A figure of the daemon's own health (label-less `nomad_collector_*`).
 fn health_gauge(daemon: &Daemon, name: &str) -> f64 {
     daemon
         .metric(name, &[])
@@ -682,7 +682,7 @@ fn churn_loses_no_cpu_and_leaves_nothing_behind() {
     // Baseline, at a standstill: only the resident process, asleep, is in the cgroup.
     let tracked_baseline = health_gauge(&daemon, "nomad_collector_tracked_cgroups");
     let sampled_baseline = health_gauge(&daemon, "nomad_collector_processes_sampled");
-    let errors_before = health_gauge(&daemon, "nomad_collector_cycle_errors");
+    let errors_before = health_gauge(&daemon, "nomad_collector_cycle_errors_total");
     assert!(
         sampled_baseline >= 1.0,
         "the resident process is sampled before the load ({sampled_baseline})"
@@ -793,7 +793,7 @@ fn churn_loses_no_cpu_and_leaves_nothing_behind() {
         rss_end / 1024
     );
 
-    let errors_after = health_gauge(&daemon, "nomad_collector_cycle_errors");
+    let errors_after = health_gauge(&daemon, "nomad_collector_cycle_errors_total");
     assert_eq!(
         errors_after, errors_before,
         "cycles failed during the churn"

@@ -22,10 +22,15 @@ impl Needs {
         Self { packages: vec![] }
     }
 
-    /// Tests: the build, plus `bpftool`'s view is not needed (the tests use aya's own
-    /// program info); nothing else beyond the build.
+    /// Tests: the build, plus Debian's `prometheus` package: `promtool check metrics`
+    /// lints the exposition, and a real Prometheus scrapes the daemon (tests/tests/
+    /// prometheus.rs). The tests use aya's own program info, not `bpftool`.
     pub fn test() -> Self {
-        Self::build()
+        let mut needs = Self::build();
+        needs
+            .packages
+            .extend([("promtool", "prometheus"), ("prometheus", "prometheus")]);
+        needs
     }
 
     /// `cargo xtask bench`: the build, plus pidstat (the outside reference), wrk (API

@@ -345,7 +345,7 @@ impl Soak<'_> {
     fn start_daemon(&mut self) -> Result<Sample> {
         let daemon =
             Daemon::start_with_pins(self.daemon_bin, Source::Ebpf, INTERVAL, Some(self.pin_root))?;
-        let cycles = daemon.metrics()?.get("cycles") as u64;
+        let cycles = daemon.metrics()?.get("cycles_total") as u64;
         daemon.wait_cycles(cycles + 3)?;
         let kept_pinned = daemon
             .log_text()
@@ -400,8 +400,8 @@ impl Soak<'_> {
             rss,
             tracked_cgroups: metrics.get("tracked_cgroups"),
             processes_sampled: metrics.get("processes_sampled"),
-            cycle_errors: metrics.get("cycle_errors"),
-            exits_folded: metrics.get("kernel_exits_folded"),
+            cycle_errors: metrics.get("cycle_errors_total"),
+            exits_folded: metrics.get("kernel_exits_folded_total"),
         };
         let exits_per_minute = self
             .samples
@@ -442,7 +442,7 @@ impl Soak<'_> {
             last = now;
         }
         let daemon = self.daemon()?;
-        let cycles = daemon.metrics()?.get("cycles") as u64;
+        let cycles = daemon.metrics()?.get("cycles_total") as u64;
         daemon.wait_cycles(cycles + 2)?;
         let point = CpuPoint {
             daemon_ns: cpu_total_ns(daemon, self.churn)?,
@@ -698,7 +698,7 @@ fn checks(o: &Outcome, leftovers: &[String]) -> Vec<Check> {
     let cycle_errors: f64 = o.lives.iter().map(|l| l.cycle_errors).sum();
     let error_lines: Vec<&String> = o.lives.iter().flat_map(|l| &l.error_lines).collect();
     checks.push(Check {
-        what: "Cycle errors (`nomad_collector_cycle_errors` at each daemon's end) and ERROR \
+        what: "Cycle errors (`nomad_collector_cycle_errors_total` at each daemon's end) and ERROR \
                lines in the daemons' logs",
         figures: format!(
             "{cycle_errors} cycle errors, {} ERROR lines{}",
@@ -773,7 +773,7 @@ fn checks(o: &Outcome, leftovers: &[String]) -> Vec<Check> {
         });
     checks.push(Check {
         what: "Churn: process exits folded into tracked cgroups \
-               (`nomad_collector_kernel_exits_folded`)",
+               (`nomad_collector_kernel_exits_folded_total`)",
         figures: format!("{:.0} a minute", exits / minutes),
         bound: "–".into(),
         pass: None,

@@ -3,7 +3,7 @@
 //! unauthenticated client learns nothing, not even which paths or allocations exist.
 
 use warp::{
-    http::{header, HeaderMap, Method},
+    http::{header, HeaderMap, HeaderValue, Method},
     path::Tail,
     reject, Filter, Rejection, Reply,
 };
@@ -121,8 +121,16 @@ pub fn allocations(
 pub fn metrics(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone {
     warp::path!("v1" / "metrics")
         .and(params())
+        .and(accept())
         .and(with_state(state))
         .map(handlers::metrics)
+}
+
+/// The `Accept` header, if any, unparsed: a value that is not visible ASCII must not
+/// turn a scrape into an error (it is read as no preference).
+fn accept(
+) -> impl Filter<Extract = (Option<HeaderValue>,), Error = std::convert::Infallible> + Clone {
+    warp::header::headers_cloned().map(|headers: HeaderMap| headers.get(header::ACCEPT).cloned())
 }
 
 /// The query parameters this API understands; others (Nomad clients send `region`,

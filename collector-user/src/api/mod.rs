@@ -35,22 +35,32 @@ pub use errors::ApiError;
 pub use server::{load_tls, serve, TlsError};
 
 /// What the handlers read: the snapshot store, and the tokens (swappable at run time);
-/// and how they ask the collector for an allocation's detail.
+/// how they ask the collector for an allocation's detail; the `host` label of metrics.
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Arc<SnapshotStore>,
     pub acl: Arc<ArcSwap<Acl>>,
     /// `None`: no collector to ask (tests serving a fixed snapshot).
     pub demand: Option<DemandHandle>,
+    /// The node's hostname, as Nomad labels its metrics.
+    pub host: Arc<str>,
 }
 
 impl ApiState {
+    /// Metrics are labelled with this node's hostname (see [`ApiState::with_host`]).
     pub fn new(store: Arc<SnapshotStore>, acl: Acl) -> Self {
         Self {
             store,
             acl: Arc::new(ArcSwap::from_pointee(acl)),
             demand: None,
+            host: metrics::hostname().into(),
         }
+    }
+
+    /// Labels the metrics with `host` instead of the hostname (tests, fixed output).
+    pub fn with_host(mut self, host: &str) -> Self {
+        self.host = host.into();
+        self
     }
 
     /// Lets the handlers ask the collector to detail an allocation on first request.

@@ -801,9 +801,10 @@ async fn metrics_json_shape() {
     let labels = batch[0]["Labels"].as_object().unwrap();
     assert_eq!(
         labels.keys().collect::<Vec<_>>(),
-        ["alloc_id", "task"],
+        ["alloc_id", "host", "task"],
         "no job, task_group or namespace label when unknown"
     );
+    assert_eq!(labels["host"], metrics::hostname());
 
     let source = find_gauge(gauges, "nomad_collector.source", None).unwrap();
     assert_eq!(source["Value"], 1.0);
@@ -850,158 +851,232 @@ async fn metrics_json_shape() {
     assert_eq!(json(&get(&state, "/v1/metrics?format=json").await), body);
 }
 
-/// One parsed sample line of the text format.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
+/// The value of the first sample named `name` whose labels include every `labels` pair
+/// (as the exposition writes them, `key="value"`).
+fn sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-fn is_name_char(c: char, first: bool) -> bool {
-    c.is_ascii_alphabetic() || c == '_' || c == ':' || (!first && c.is_ascii_digit())
-}
-
-fn parse_sample(line: &str) -> Result<Sample, String> {
-    let name_end = line
-        .char_indices()
-        .find(|&(i, c)| !is_name_char(c, i == 0))
-        .map(|(i, _)| i)
-        .ok_or("no value")?;
-    let name = line[..name_end].to_owned();
-    if name.is_empty() {
-        return Err("empty name".into());
-    }
-    let mut rest = &line[name_end..];
-    let mut labels = BTreeMap::new();
-    if let Some(after) = rest.strip_prefix('{') {
-        let mut chars = after.char_indices().peekable();
-        loop {
-            let start = chars.peek().map(|&(i, _)| i).ok_or("unterminated labels")?;
-            let mut key_end = start;
-            while let Some(&(i, c)) = chars.peek() {
-                if c == '=' {
-                    key_end = i;
-                    break;
-                }
-                if !is_name_char(c, i == start) || c == ':' {
-                    return Err(format!("bad label name char {c:?}"));
-                }
-                chars.next();
-            }
-            let key = after[start..key_end].to_owned();
-            chars.next(); // '='
-            if chars.next().map(|(_, c)| c) != Some('"') {
-                return Err("label value not quoted".into());
-            }
-            let mut value = String::new();
-            loop {
-                match chars.next().ok_or("unterminated value")?.1 {
-                    '\\' => match chars.next().ok_or("dangling escape")?.1 {
-                        '\\' => value.push('\\'),
-                        '"' => value.push('"'),
-                        'n' => value.push('\n'),
-                        c => return Err(format!("bad escape {c:?}")),
-                    },
-                    '"' => break,
-                    '\n' => return Err("raw newline".into()),
-                    c => value.push(c),
-                }
-            }
-            labels.insert(key, value);
-            match chars.next().ok_or("unterminated labels")? {
-                (_, ',') => continue,
-                (i, '}') => {
-                    rest = &after[i + 1..];
-                    break;
-                }
-                (_, c) => return Err(format!("unexpected {c:?}")),
-            }
+/// What `promtool check metrics` (Debian's `prometheus` package, which `cargo xtask
+/// test` installs) prints about `exposition`: nothing when it is clean. `None` when
+/// promtool is not installed, which fails the test under CI.
+fn promtool_check(exposition: &str) -> Option<String> {
+    use std::{io::Write, process::Stdio};
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+            assert!(!in_ci, "CI is set but promtool is not installed");
+            eprintln!("SKIPPED: promtool not installed (apt-get install prometheus)");
+            return None;
         }
-    }
-    let value_text = rest.strip_prefix(' ').ok_or("no space before value")?;
-    let value = match value_text {
-        "NaN" => f64::NAN,
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v.parse::<f64>().map_err(|e| format!("value {v:?}: {e}"))?,
+        Err(e) => panic!("promtool: {e}"),
     };
-    Ok(Sample {
-        name,
-        labels,
-        value,
-    })
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() || !printed.is_empty(),
+        "promtool failed silently"
+    );
+    Some(printed)
+}
+
+async fn prometheus_get(state: &ApiState, accept: Option<&str>) -> Response<Bytes> {
+    let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
+    let resp = request(state, "GET", "/v1/metrics?format=prometheus", &headers).await;
+    assert_eq!(resp.status(), 200);
+    resp
 }
 
 #[tokio::test]
-async fn metrics_prometheus_text_parses() {
-    let state = state(Acl::disabled());
-    let resp = get(&state, "/v1/metrics?format=prometheus").await;
-    assert_eq!(resp.status(), 200);
-    assert!(
-        content_type(&resp).starts_with("text/plain; version=0.0.4"),
-        "{}",
-        content_type(&resp)
+async fn metrics_prometheus_text_is_lint_clean() {
+    let state = state(Acl::disabled()).with_host("node-1");
+    let resp = prometheus_get(&state, None).await;
+    assert_eq!(
+        content_type(&resp),
+        "text/plain; version=0.0.4; charset=utf-8"
     );
     let body = text(&resp);
-    assert!(body.ends_with('\n'));
-    let mut typed: Vec<String> = Vec::new();
-    let mut samples = Vec::new();
-    let mut finished_families: Vec<String> = Vec::new();
+    if let Some(printed) = promtool_check(body) {
+        assert_eq!(printed, "", "promtool check metrics on:\n{body}");
+    }
+
+    // Every family has its HELP and TYPE, once, before its samples.
+    let mut described = Vec::new();
     for line in body.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
-            assert_eq!(kind, "gauge");
-            assert!(!typed.contains(&name.to_owned()), "TYPE twice for {name}");
-            if let Some(last) = typed.last() {
-                finished_families.push(last.clone());
-            }
-            typed.push(name.to_owned());
-            continue;
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(
+                body.contains(&format!("# HELP {name} ")),
+                "no HELP for {name}"
+            );
+            assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
+            assert!(!described.contains(&name), "TYPE twice for {name}");
+            described.push(name);
+        } else if !line.starts_with('#') {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert_eq!(described.last(), Some(&name), "{line} outside its family");
         }
-        assert!(!line.starts_with('#'), "unexpected comment {line}");
-        let sample = parse_sample(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
-        assert_eq!(
-            typed.last(),
-            Some(&sample.name),
-            "sample outside its family's TYPE block: {line}"
+    }
+    let web = [("alloc_id", ALLOC), ("task", "web.frontend")];
+    assert_eq!(
+        sample(body, "nomad_client_allocs_memory_rss", &web),
+        Some(14_098_432.0)
+    );
+    assert!(body.contains(&format!(
+        r#"nomad_client_allocs_memory_rss{{alloc_id="{ALLOC}",task="web.frontend",job="web",task_group="front\"end",namespace="default",host="node-1"}} 14098432"#
+    )));
+    assert_eq!(
+        sample(body, "nomad_client_allocs_cpu_total_percent", &web),
+        Some(105.5)
+    );
+    // Cumulative figures are counters in base units.
+    assert_eq!(
+        sample(body, "nomad_collector_task_cpu_total_seconds_total", &web),
+        Some(12.0)
+    );
+    assert_eq!(
+        sample(
+            body,
+            "nomad_collector_task_cpu_throttled_seconds_total",
+            &web
+        ),
+        Some(1e-6)
+    );
+    assert_eq!(
+        sample(
+            body,
+            "nomad_collector_task_cpu_throttled_periods_total",
+            &web
+        ),
+        Some(7.0)
+    );
+    assert_eq!(
+        sample(body, "nomad_collector_cycles_total", &[]),
+        Some(100.0)
+    );
+    assert_eq!(
+        sample(
+            body,
+            "nomad_collector_bpf_sched_switch_run_seconds_total",
+            &[]
+        ),
+        Some(5e-9)
+    );
+    assert_eq!(
+        sample(body, "nomad_collector_bpf_sched_switch_runs_total", &[]),
+        Some(6.0)
+    );
+    assert_eq!(
+        sample(body, "nomad_collector_cycle_seconds", &[]),
+        Some(0.012)
+    );
+    // Unmeasured figures are left out; labels that are not known are not invented.
+    let batch = [("alloc_id", ALLOC2), ("task", "batch")];
+    assert!(sample(body, "nomad_client_allocs_memory_usage", &batch).is_none());
+    assert!(sample(body, "nomad_client_allocs_memory_rss", &batch).is_some());
+    assert!(body.contains(&format!(
+        r#"nomad_client_allocs_memory_rss{{alloc_id="{ALLOC2}",task="batch",host="node-1"}} 2048"#
+    )));
+    assert!(body.contains(
+        r#"nomad_collector_source{source="procfs",fallback_reason="BPF \"denied\"\nby \\ lockdown"} 1"#
+    ));
+    // Every family of the table that this snapshot measures is served.
+    for name in metrics::families::sample_names() {
+        assert!(
+            described.contains(&name.as_str()),
+            "{name} missing from\n{body}"
         );
-        assert!(!finished_families.contains(&sample.name));
-        samples.push(sample);
     }
-    let rss = samples
-        .iter()
-        .find(|s| {
-            s.name == "nomad_client_allocs_memory_rss"
-                && s.labels.get("task").map(String::as_str) == Some("web.frontend")
-        })
-        .expect("rss sample");
-    assert_eq!(rss.value, 14_098_432.0);
-    assert_eq!(rss.labels["alloc_id"], ALLOC);
-    assert_eq!(rss.labels["task_group"], "front\"end");
-    assert!(typed.contains(&"nomad_client_allocs_cpu_total_percent".to_owned()));
-    let source = samples
-        .iter()
-        .find(|s| s.name == "nomad_collector_source")
-        .unwrap();
+}
+
+#[tokio::test]
+async fn metrics_openmetrics_when_asked_for() {
+    let state = state(Acl::disabled());
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let resp = prometheus_get(&state, Some(prometheus)).await;
     assert_eq!(
-        source.labels["fallback_reason"],
-        "BPF \"denied\"\nby \\ lockdown"
+        content_type(&resp),
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
     );
-    assert_eq!(source.labels["source"], "procfs");
-    for name in [
-        "nomad_collector_kernel_exits_folded",
-        "nomad_collector_bpf_sched_switch_run_count",
-        "nomad_collector_tracked_cgroups_max",
-    ] {
-        assert!(samples.iter().any(|s| s.name == name), "{name}");
+    let body = text(&resp);
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    // OpenMetrics names the family without `_total`, and its unit.
+    assert!(body.contains("# TYPE nomad_collector_task_cpu_total_seconds counter\n"));
+    assert!(body.contains("# UNIT nomad_collector_task_cpu_total_seconds seconds\n"));
+    assert!(body.contains("# TYPE nomad_client_allocs_cpu_total_percent gauge\n"));
+    assert_eq!(
+        sample(
+            body,
+            "nomad_collector_task_cpu_total_seconds_total",
+            &[("task", "redis")]
+        ),
+        Some(12.0)
+    );
+    // The same figures as the 0.0.4 text.
+    let plain = prometheus_get(&state, Some("text/plain")).await;
+    assert!(content_type(&plain).starts_with("text/plain; version=0.0.4"));
+    assert_eq!(
+        sample(
+            text(&plain),
+            "nomad_client_allocs_cpu_total_percent",
+            &[("task", "redis")]
+        ),
+        sample(
+            body,
+            "nomad_client_allocs_cpu_total_percent",
+            &[("task", "redis")]
+        ),
+    );
+}
+
+#[test]
+fn metrics_stream_one_family_per_chunk() {
+    let snapshot = state(Acl::disabled()).store.load();
+    for format in [metrics::Format::Text, metrics::Format::OpenMetrics] {
+        let chunks: Vec<Bytes> =
+            metrics::exposition::chunks(snapshot.clone(), "h".into(), format).collect();
+        let whole = metrics::exposition::render(snapshot.clone(), "h".into(), format);
+        assert_eq!(chunks.concat(), whole.as_bytes());
+        // Each task family is a chunk of its own (the fixture measures every one), so
+        // a body in flight holds one family's samples, never all of them; then the
+        // collector's own families, then OpenMetrics' end.
+        let eof = usize::from(format == metrics::Format::OpenMetrics);
+        assert_eq!(chunks.len(), metrics::families::TASK.len() + 1 + eof);
+        if eof == 1 {
+            assert_eq!(&chunks.last().unwrap()[..], b"# EOF\n");
+        }
+        for chunk in &chunks[..metrics::families::TASK.len()] {
+            let text = std::str::from_utf8(chunk).unwrap();
+            assert!(text.starts_with("# HELP "), "{text}");
+            assert_eq!(text.matches("# TYPE ").count(), 1, "{text}");
+        }
     }
-    assert!(!samples.iter().any(|s| s.name.contains('.')));
-    let snapshot = state.store.load();
-    assert_eq!(
-        snapshot.metrics_prometheus.get().map(|b| &b[..]),
-        Some(resp.body().as_ref())
-    );
 }
 
 #[tokio::test]

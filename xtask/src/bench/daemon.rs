@@ -208,7 +208,7 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(30 + n * 5);
         loop {
             let m = self.metrics()?;
-            if m.get("cycles") >= n as f64 {
+            if m.get("cycles_total") >= n as f64 {
                 return Ok(m);
             }
             if Instant::now() > deadline {

@@ -262,7 +262,7 @@ fn measure(
     let mut figures = RunFigures {
         source: Some(daemon.source),
         round,
-        cycles: m1.get("cycles") - m0.get("cycles"),
+        cycles: m1.get("cycles_total") - m0.get("cycles_total"),
         wall_ns: (p1.at - p0.at).as_nanos() as f64,
         process_cpu_ns: delta(p0.process, p1.process),
         stat_cpu_ns: delta(p0.stat, p1.stat),

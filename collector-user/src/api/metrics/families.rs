@@ -1,0 +1,487 @@
+//! Every metric family `/v1/metrics` serves, in one table per subject: its Prometheus
+//! name, type, unit and help, its go-metrics (JSON) name, and how its value is read
+//! from a snapshot. Both renderers ([`super::json`], [`super::exposition`]) walk these
+//! tables, so the two forms cannot drift apart.
+//!
+//! Per-task families keep Nomad's own names (`nomad_client_allocs_*`), which Nomad
+//! users' dashboards and alerts query; Nomad exposes them as gauges, the cumulative ones
+//! (`throttled_time`, `throttled_periods`) included, so they stay gauges here and this
+//! collector adds proper counters beside them (`nomad_collector_task_*_total`).
+
+use prometheus_client::{metrics::MetricType, registry::Unit};
+
+use crate::{
+    model::{measured, CpuStats, MemoryStats},
+    snapshot::Health,
+};
+
+/// What a Prometheus family is: a counter's samples end in `_total` (the encoder adds
+/// it), a gauge's do not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Gauge,
+    Counter,
+}
+
+/// A Prometheus metric family.
+#[derive(Debug)]
+pub struct Family {
+    /// Without the unit and `_total` suffixes, which the encoder appends.
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Option<Unit>,
+    pub help: &'static str,
+}
+
+impl Family {
+    const fn gauge(name: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            kind: Kind::Gauge,
+            unit: None,
+            help,
+        }
+    }
+
+    const fn counter(name: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            kind: Kind::Counter,
+            unit: None,
+            help,
+        }
+    }
+
+    /// A gauge in seconds: the encoder appends `_seconds`.
+    const fn seconds_gauge(name: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            kind: Kind::Gauge,
+            unit: Some(Unit::Seconds),
+            help,
+        }
+    }
+
+    /// A counter in seconds: `_seconds_total`.
+    const fn seconds_counter(name: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            kind: Kind::Counter,
+            unit: Some(Unit::Seconds),
+            help,
+        }
+    }
+
+    pub fn metric_type(&self) -> MetricType {
+        match self.kind {
+            Kind::Gauge => MetricType::Gauge,
+            Kind::Counter => MetricType::Counter,
+        }
+    }
+
+    /// The name of the family's samples, as a PromQL query names them.
+    pub fn sample_name(&self) -> String {
+        let mut name = self.name.to_owned();
+        if let Some(unit) = &self.unit {
+            name.push('_');
+            name.push_str(unit.as_str());
+        }
+        if self.kind == Kind::Counter {
+            name.push_str("_total");
+        }
+        name
+    }
+}
+
+/// The figures of one task that the per-task families read.
+pub struct TaskFigures<'a> {
+    pub cpu: &'a CpuStats,
+    pub memory: &'a MemoryStats,
+    /// Cumulative CPU time attributed to the task (`None`: the task is not in the
+    /// allocation's task list, which a snapshot never produces but a reader must not
+    /// assume).
+    pub cpu_total_ns: Option<u64>,
+}
+
+impl TaskFigures<'_> {
+    fn cpu(&self, needs: &str, value: fn(&CpuStats) -> f64) -> Option<f64> {
+        self.cpu.measured.contains(&needs).then(|| value(self.cpu))
+    }
+
+    fn memory(&self, needs: &str, value: fn(&MemoryStats) -> u64) -> Option<f64> {
+        self.memory
+            .measured
+            .contains(&needs)
+            .then(|| value(self.memory) as f64)
+    }
+}
+
+/// A per-task family: `None` from `value` when the task's `Measured` lacks the figure,
+/// so that an unmeasured 0 is never exported as if it were read.
+pub struct TaskFamily {
+    pub family: Family,
+    /// go-metrics name in the JSON form; `None`: Prometheus only.
+    pub json: Option<&'static str>,
+    pub value: fn(&TaskFigures<'_>) -> Option<f64>,
+}
+
+const NS_PER_SEC: f64 = 1e9;
+
+pub static TASK: [TaskFamily; 17] = [
+    TaskFamily {
+        family: Family::gauge(
+            "nomad_client_allocs_cpu_total_percent",
+            "CPU used by the task over the last interval, in percent of one core (Nomad's Percent).",
+        ),
+        json: Some("nomad.client.allocs.cpu.total_percent"),
+        value: |t| t.cpu(measured::PERCENT, |c| c.percent),
+    },
+    TaskFamily {
+        family: Family::gauge(
+            "nomad_client_allocs_cpu_system",
+            "Kernel-mode share of the task's CPU over the last interval, in percent of one core.",
+        ),
+        json: Some("nomad.client.allocs.cpu.system"),
+        value: |t| t.cpu(measured::SYSTEM_MODE, |c| c.system_mode),
+    },
+    TaskFamily {
+        family: Family::gauge(
+            "nomad_client_allocs_cpu_user",
+            "User-mode share of the task's CPU over the last interval, in percent of one core.",
+        ),
+        json: Some("nomad.client.allocs.cpu.user"),
+        value: |t| t.cpu(measured::USER_MODE, |c| c.user_mode),
+    },
+    TaskFamily {
+        family: Family::gauge(
+            "nomad_client_allocs_cpu_throttled_time",
+            "Time the task's cgroup was throttled by its CPU quota, in nanoseconds since the cgroup was created (Nomad's cumulative gauge; see nomad_collector_task_cpu_throttled_seconds_total).",
+        ),
+        json: Some("nomad.client.allocs.cpu.throttled_time"),
+        value: |t| t.cpu(measured::THROTTLED_TIME, |c| c.throttled_time as f64),
+    },
+    TaskFamily {
+        family: Family::gauge(
+            "nomad_client_allocs_cpu_throttled_periods",
+            "CPU quota periods in which the task's cgroup was throttled, since the cgroup was created (Nomad's cumulative gauge; see nomad_collector_task_cpu_throttled_periods_total).",
+        ),
+        json: Some("nomad.client.allocs.cpu.throttled_periods"),
+        value: |t| t.cpu(measured::THROTTLED_PERIODS, |c| c.throttled_periods as f64),
+    },
+    TaskFamily {
+        family: Family::gauge(
+            "nomad_client_allocs_cpu_total_ticks",
+            "CPU used by the task over the last interval, in MHz (Nomad's TotalTicks).",
+        ),
+        // Derived from Percent, so present exactly when Percent is.
+        json: Some("nomad.client.allocs.cpu.total_ticks"),
+        value: |t| t.cpu(measured::PERCENT, |c| c.total_ticks),
+    },
+    TaskFamily {
+        family: Family::gauge(
+            "nomad_client_allocs_memory_rss",
+            "Anonymous memory of the task, in bytes (cgroup v1 total_rss, v2 anon).",
+        ),
+        json: Some("nomad.client.allocs.memory.rss"),
+        value: |t| t.memory(measured::RSS, |m| m.rss),
+    },
+    TaskFamily {
+        family: Family::gauge(
+            "nomad_client_allocs_memory_cache",
+            "Page cache charged to the task, in bytes.",
+        ),
+        json: Some("nomad.client.allocs.memory.cache"),
+        value: |t| t.memory(measured::CACHE, |m| m.cache),
+    },
+    TaskFamily {
+        family: Family::gauge(
+            "nomad_client_allocs_memory_swap",
+            "Swap used by the task, in bytes (swap alone, unlike Nomad's memory+swap).",
+        ),
+        json: Some("nomad.client.allocs.memory.swap"),
+        value: |t| t.memory(measured::SWAP, |m| m.swap),
+    },
+    TaskFamily {
+        family: Family::gauge(
+            "nomad_client_allocs_memory_mapped_file",
+            "Memory-mapped file pages of the task, in bytes.",
+        ),
+        json: Some("nomad.client.allocs.memory.mapped_file"),
+        value: |t| t.memory(measured::MAPPED_FILE, |m| m.mapped_file),
+    },
+    TaskFamily {
+        family: Family::gauge(
+            "nomad_client_allocs_memory_usage",
+            "Memory charged to the task's cgroup, in bytes (v1 memory.usage_in_bytes, v2 memory.current).",
+        ),
+        json: Some("nomad.client.allocs.memory.usage"),
+        value: |t| t.memory(measured::USAGE, |m| m.usage),
+    },
+    TaskFamily {
+        family: Family::gauge(
+            "nomad_client_allocs_memory_max_usage",
+            "Highest memory charged to the task's cgroup, in bytes (v1 memory.max_usage_in_bytes, v2 memory.peak).",
+        ),
+        json: Some("nomad.client.allocs.memory.max_usage"),
+        value: |t| t.memory(measured::MAX_USAGE, |m| m.max_usage),
+    },
+    TaskFamily {
+        family: Family::gauge(
+            "nomad_client_allocs_memory_kernel_usage",
+            "Kernel memory charged to the task's cgroup, in bytes.",
+        ),
+        json: Some("nomad.client.allocs.memory.kernel_usage"),
+        value: |t| t.memory(measured::KERNEL_USAGE, |m| m.kernel_usage),
+    },
+    TaskFamily {
+        family: Family::gauge(
+            "nomad_client_allocs_memory_kernel_max_usage",
+            "Highest kernel memory charged to the task's cgroup, in bytes.",
+        ),
+        json: Some("nomad.client.allocs.memory.kernel_max_usage"),
+        value: |t| t.memory(measured::KERNEL_MAX_USAGE, |m| m.kernel_max_usage),
+    },
+    TaskFamily {
+        family: Family::seconds_counter(
+            "nomad_collector_task_cpu_total",
+            "CPU time spent in the task's cgroups since the collector began following it, exited processes included; rate() of it is cores in use.",
+        ),
+        json: Some("nomad_collector.task.cpu_total_seconds"),
+        value: |t| t.cpu_total_ns.map(|ns| ns as f64 / NS_PER_SEC),
+    },
+    TaskFamily {
+        family: Family::seconds_counter(
+            "nomad_collector_task_cpu_throttled",
+            "Time the task's cgroup was throttled by its CPU quota; rate() of it is the share of time throttled.",
+        ),
+        json: None,
+        value: |t| {
+            t.cpu(measured::THROTTLED_TIME, |c| {
+                c.throttled_time as f64 / NS_PER_SEC
+            })
+        },
+    },
+    TaskFamily {
+        family: Family::counter(
+            "nomad_collector_task_cpu_throttled_periods",
+            "CPU quota periods in which the task's cgroup was throttled.",
+        ),
+        json: None,
+        value: |t| t.cpu(measured::THROTTLED_PERIODS, |c| c.throttled_periods as f64),
+    },
+];
+
+/// The family that says which source measures CPU (value 1, labels `source` and, after
+/// a fallback, `fallback_reason`).
+pub static SOURCE: Family = Family::gauge(
+    "nomad_collector_source",
+    "Which source measures CPU: always 1, labelled source=\"ebpf\" or \"procfs\" (with fallback_reason when eBPF could not load).",
+);
+pub const SOURCE_JSON: &str = "nomad_collector.source";
+
+/// The number of allocations is not a [`Health`] field: the snapshot counts them.
+pub struct HealthInput<'a> {
+    pub health: &'a Health,
+    pub allocations: usize,
+}
+
+/// A label-less family about the collector itself.
+pub struct HealthFamily {
+    pub family: Family,
+    pub json: &'static str,
+    pub value: fn(&HealthInput<'_>) -> f64,
+}
+
+pub static HEALTH: [HealthFamily; 19] = [
+    HealthFamily {
+        family: Family::gauge(
+            "nomad_collector_programs_attached",
+            "eBPF programs attached (0 on the /proc source).",
+        ),
+        json: "nomad_collector.programs_attached",
+        value: |h| f64::from(h.health.programs_attached),
+    },
+    HealthFamily {
+        family: Family::gauge(
+            "nomad_collector_allocations",
+            "Allocations the collector sees.",
+        ),
+        json: "nomad_collector.allocations",
+        value: |h| h.allocations as f64,
+    },
+    HealthFamily {
+        family: Family::seconds_gauge(
+            "nomad_collector_cycle",
+            "Wall time of the last collection cycle.",
+        ),
+        json: "nomad_collector.cycle_seconds",
+        value: |h| h.health.cycle_duration.as_secs_f64(),
+    },
+    HealthFamily {
+        family: Family::seconds_gauge(
+            "nomad_collector_cycle_cpu",
+            "CPU time (user + system) the collection thread used in the last cycle.",
+        ),
+        json: "nomad_collector.cycle_cpu_seconds",
+        value: |h| h.health.cycle_cpu.as_secs_f64(),
+    },
+    HealthFamily {
+        family: Family::counter(
+            "nomad_collector_cycles",
+            "Collection cycles completed since the daemon started.",
+        ),
+        json: "nomad_collector.cycles",
+        value: |h| h.health.cycles as f64,
+    },
+    HealthFamily {
+        family: Family::counter(
+            "nomad_collector_cycle_errors",
+            "Collection cycles in which something failed (each is logged).",
+        ),
+        json: "nomad_collector.cycle_errors",
+        value: |h| h.health.cycle_errors as f64,
+    },
+    HealthFamily {
+        family: Family::gauge(
+            "nomad_collector_detailed_allocations",
+            "Allocations collected in detail (per-process figures) in the last cycle.",
+        ),
+        json: "nomad_collector.detailed_allocations",
+        value: |h| h.health.detailed_allocations as f64,
+    },
+    HealthFamily {
+        family: Family::gauge(
+            "nomad_collector_processes_sampled",
+            "Processes sampled one by one in the last cycle.",
+        ),
+        json: "nomad_collector.processes_sampled",
+        value: |h| h.health.processes_sampled as f64,
+    },
+    HealthFamily {
+        family: Family::gauge(
+            "nomad_collector_tracked_cgroups",
+            "Cgroups in the kernel's tracked-cgroups map.",
+        ),
+        json: "nomad_collector.tracked_cgroups",
+        value: |h| h.health.tracked_cgroups as f64,
+    },
+    HealthFamily {
+        family: Family::gauge(
+            "nomad_collector_tracked_cgroups_max",
+            "Capacity of the tracked-cgroups map (ebpf.max_tracked_cgroups).",
+        ),
+        json: "nomad_collector.tracked_cgroups_max",
+        value: |h| h.health.max_tracked_cgroups as f64,
+    },
+    HealthFamily {
+        family: Family::counter(
+            "nomad_collector_tracked_cgroups_full",
+            "Cgroups that could not be tracked because the map was full; their tasks are measured per process.",
+        ),
+        json: "nomad_collector.tracked_cgroups_full",
+        value: |h| h.health.tracked_cgroups_full as f64,
+    },
+    HealthFamily {
+        family: Family::counter(
+            "nomad_collector_checkpoint_failures",
+            "CPUs on which accounting the running thread before a read failed.",
+        ),
+        json: "nomad_collector.checkpoint_failures",
+        value: |h| h.health.checkpoint_failures as f64,
+    },
+    HealthFamily {
+        family: Family::counter(
+            "nomad_collector_kernel_exits_folded",
+            "Exiting threads of tracked cgroups whose final CPU time was accounted.",
+        ),
+        json: "nomad_collector.kernel.exits_folded",
+        value: |h| h.health.kernel.exits_folded as f64,
+    },
+    HealthFamily {
+        family: Family::counter(
+            "nomad_collector_kernel_exits_unseen",
+            "Threads that exited before ever being accounted and had started before tracking began (their earlier time is not counted).",
+        ),
+        json: "nomad_collector.kernel.exits_unseen",
+        value: |h| h.health.kernel.exits_unseen as f64,
+    },
+    HealthFamily {
+        family: Family::counter(
+            "nomad_collector_kernel_storage_failed",
+            "Threads for which task storage could not be allocated (their time since last accounted is lost).",
+        ),
+        json: "nomad_collector.kernel.storage_failed",
+        value: |h| h.health.kernel.storage_failed as f64,
+    },
+    HealthFamily {
+        family: Family::counter(
+            "nomad_collector_kernel_samples_deferred",
+            "Per-process iterator samples deferred to the next read because its buffer was full (nothing is lost).",
+        ),
+        json: "nomad_collector.kernel.samples_deferred",
+        value: |h| h.health.kernel.samples_deferred as f64,
+    },
+    HealthFamily {
+        family: Family::counter(
+            "nomad_collector_kernel_lookups",
+            "Context switches that looked their cgroup up in the tracked-cgroups map (the slow path).",
+        ),
+        json: "nomad_collector.kernel.lookups",
+        value: |h| h.health.kernel.lookups as f64,
+    },
+    HealthFamily {
+        family: Family::seconds_counter(
+            "nomad_collector_bpf_sched_switch_run",
+            "Kernel CPU time spent in the sched_switch program (counted while kernel.bpf_stats_enabled=1).",
+        ),
+        json: "nomad_collector.bpf.sched_switch_run_time_ns",
+        value: |h| h.health.sched_switch_run_time_ns as f64 / NS_PER_SEC,
+    },
+    HealthFamily {
+        family: Family::counter(
+            "nomad_collector_bpf_sched_switch_runs",
+            "Runs of the sched_switch program (counted while kernel.bpf_stats_enabled=1).",
+        ),
+        json: "nomad_collector.bpf.sched_switch_run_count",
+        value: |h| h.health.sched_switch_run_count as f64,
+    },
+];
+
+/// The sample name of every family served, in exposition order.
+pub fn sample_names() -> impl Iterator<Item = String> {
+    TASK.iter()
+        .map(|t| &t.family)
+        .chain(std::iter::once(&SOURCE))
+        .chain(HEALTH.iter().map(|h| &h.family))
+        .map(Family::sample_name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_names_follow_the_conventions() {
+        let names: Vec<String> = sample_names().collect();
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "duplicate family in {names:?}");
+        assert!(names.contains(&"nomad_collector_task_cpu_total_seconds_total".to_owned()));
+        assert!(names.contains(&"nomad_collector_bpf_sched_switch_run_seconds_total".to_owned()));
+        for family in TASK
+            .iter()
+            .map(|t| &t.family)
+            .chain(HEALTH.iter().map(|h| &h.family))
+        {
+            let name = family.sample_name();
+            // The encoder adds the suffixes: a table entry that carries one would have it
+            // twice.
+            assert!(!name.ends_with("_total_total"), "{name}");
+            assert!(!family.name.ends_with("_seconds"), "{name}");
+            assert_eq!(name.ends_with("_total"), family.kind == Kind::Counter);
+            assert!(!name.ends_with("_count") && !name.contains("_ns"), "{name}");
+            assert!(family.help.ends_with('.'), "{name}: help is a sentence");
+        }
+    }
+}
