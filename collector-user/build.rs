@@ -20,9 +20,12 @@ fn main() -> aya_build::Result<()> {
         }],
         Toolchain::Custom("nightly"),
     )?;
-    let object = PathBuf::from(std::env::var("OUT_DIR")?).join("collector");
-    if !object.exists() {
-        std::fs::write(&object, [])?;
+    // One object per build of the programs (see collector-ebpf's Cargo.toml).
+    for name in ["collector", "collector-thread-hash"] {
+        let object = PathBuf::from(std::env::var("OUT_DIR")?).join(name);
+        if !object.exists() {
+            std::fs::write(&object, [])?;
+        }
     }
     Ok(())
 }

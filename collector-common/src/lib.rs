@@ -7,9 +7,9 @@
 #![no_std]
 
 /// Bump whenever a type in this crate or the meaning of a map changes.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
-/// `TASK_DEAD` from `include/linux/sched.h`: the `prev_state` of a thread's final switch.
+/// `TASK_DEAD` from `include/linux/sched.h`: the state of a thread at its final switch.
 pub const TASK_DEAD: u32 = 0x80;
 /// `PF_KTHREAD`: kernel threads (and the idle tasks) are never part of an allocation.
 pub const PF_KTHREAD: u32 = 0x0020_0000;
@@ -48,6 +48,11 @@ pub struct KernelLayout {
     pub mm_anon_pages: u32,
     pub mm_shmem_pages: u32,
     pub mm_swap_entries: u32,
+    /// `task_struct.__state` (5.14+; `state`, a `long`, before: its low 32 bits on a
+    /// little-endian machine). Read at each switch instead of `sched_switch`'s
+    /// `prev_state` argument, which only 5.18+ passes.
+    pub task_state: u32,
+    pub _pad: u32,
 }
 
 /// Value of the `TRACKED_CGROUPS` hash map, keyed by cgroup id (the kernfs node id, which
@@ -118,6 +123,20 @@ pub struct ThreadState {
     pub flags: u32,
 }
 
+/// Value of the per-thread hash map that replaces task storage on kernels without it
+/// (5.10): keyed by the `task_struct` address, which stays the thread's through `exec`
+/// (a PID does not: a non-leader thread that execs takes its leader's). The entry is
+/// deleted at the thread's final switch; `start_ns` tells a new thread that got a freed
+/// `task_struct`'s address from the old one, so it starts from nothing like a new
+/// task storage would.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadEntry {
+    pub state: ThreadState,
+    /// The thread's `start_time` when the entry was made.
+    pub start_ns: u64,
+}
+
 /// Flags of a [`ThreadSample`].
 pub mod sample_flags {
     /// The thread is its process's leader: the process-wide fields are filled.
@@ -172,6 +191,17 @@ pub mod stat {
     pub const COUNT: u32 = 5;
 }
 
+// The kernel and the daemon read these as raw bytes: their sizes are part of the ABI
+// between the two builds (and of the pinned maps' shapes).
+const _: () = {
+    assert!(core::mem::size_of::<KernelLayout>() == 24 * 4);
+    assert!(core::mem::size_of::<TrackedCgroup>() == 16);
+    assert!(core::mem::size_of::<CgroupCpu>() == 32);
+    assert!(core::mem::size_of::<ThreadState>() == 48);
+    assert!(core::mem::size_of::<ThreadEntry>() == 56);
+    assert!(core::mem::size_of::<ThreadSample>() == 88);
+};
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -180,5 +210,6 @@ mod pod {
     unsafe impl aya::Pod for TrackedCgroup {}
     unsafe impl aya::Pod for CgroupCpu {}
     unsafe impl aya::Pod for ThreadState {}
+    unsafe impl aya::Pod for ThreadEntry {}
     unsafe impl aya::Pod for ThreadSample {}
 }

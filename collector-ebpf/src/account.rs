@@ -4,39 +4,69 @@
 //! running on a CPU when the daemon checkpoints that CPU. Both run on the thread's own
 //! CPU with interrupts off, so a thread's [`ThreadState`] never has two writers at once.
 //!
-//! The common case costs one task-storage lookup and two compares: the thread's cached
+//! The common case costs one state lookup and two compares: the thread's cached
 //! attribution (slot, `css_set`, generation) is still valid. Only a thread that is new,
 //! moved to another cgroup, or whose cached generation is older than the daemon's looks
 //! its cgroup up in `TRACKED_CGROUPS`.
+//!
+//! Where the state lives is the [`ThreadStore`]: task storage where the kernel has it
+//! for tracing programs (5.11+), a hash map keyed by task otherwise.
 
 use aya_ebpf::EbpfContext;
 use collector_common::{
-    stat, thread_flags, CgroupCpu, ThreadState, TrackedCgroup, NO_SLOT, PF_KTHREAD,
+    stat, thread_flags, CgroupCpu, ThreadState, TrackedCgroup, NO_SLOT, PF_KTHREAD, TASK_DEAD,
 };
 
 use crate::{
-    kernel::{CpuTimes, Task},
-    maps::{count, generation, thread_state, tracked_cgroup, CGROUP_CPU},
+    kernel::{Access, CpuTimes, Task},
+    maps::{count, generation, tracked_cgroup, CGROUP_CPU},
 };
+
+/// Where each thread's [`ThreadState`] is kept, for tasks read with access `A`.
+pub trait ThreadStore<A: Access> {
+    /// The thread's state; null when it has none yet.
+    fn get(task: Task<A>) -> *mut ThreadState;
+    /// Makes the thread's state, zeroed; null when there is no room.
+    fn create(task: Task<A>) -> *mut ThreadState;
+    /// The thread has switched out for the last time.
+    fn release(task: Task<A>);
+}
+
+/// The thread being switched out: its state tells whether this is its final switch.
+#[inline(always)]
+pub fn account_switch<A: Access, S: ThreadStore<A>, C: EbpfContext>(ctx: &C, task: Task<A>) {
+    let exiting = task.state() == TASK_DEAD;
+    account::<A, S, C>(ctx, task, exiting);
+    if exiting {
+        S::release(task);
+    }
+}
 
 /// Adds what `task` ran since it was last accounted to its tracked cgroup. `exiting`:
 /// this is the thread's final switch (its CPU time is final).
 #[inline(always)]
-pub unsafe fn account<C: EbpfContext>(ctx: &C, task: Task, exiting: bool) {
-    if unsafe { task.flags() } & PF_KTHREAD != 0 {
+pub fn account<A: Access, S: ThreadStore<A>, C: EbpfContext>(
+    ctx: &C,
+    task: Task<A>,
+    exiting: bool,
+) {
+    if task.flags() & PF_KTHREAD != 0 {
         return; // kernel threads and the idle tasks are never in an allocation
     }
     let generation = generation();
-    let css_set = unsafe { task.css_set() };
-    let mut state = unsafe { thread_state(task, false) };
+    let css_set = task.css_set();
+    let mut state = S::get(task);
+    // SAFETY: a non-null state is this thread's, written only on its own CPU (see the
+    // module comment), and valid while the program runs.
     if state.is_null()
         || unsafe { (*state).generation != generation || (*state).css_set != css_set }
     {
-        state = unsafe { resolve(ctx, task, state, css_set, generation, exiting) };
+        state = resolve::<A, S, C>(ctx, task, state, css_set, generation, exiting);
         if state.is_null() {
             return;
         }
     }
+    // SAFETY: as above; non-null here.
     let state = unsafe { &mut *state };
     if state.slot == NO_SLOT {
         return;
@@ -44,44 +74,48 @@ pub unsafe fn account<C: EbpfContext>(ctx: &C, task: Task, exiting: bool) {
     let Some(cgroup) = CGROUP_CPU.get_ptr_mut(state.slot) else {
         return;
     };
-    let now = unsafe { task.cpu_times() };
+    let now = task.cpu_times();
     let delta = now.since(&CpuTimes::accounted(state));
     now.store(state);
-    unsafe { add(cgroup, &delta, exiting) };
+    add(cgroup, &delta, exiting);
     if exiting {
         count(stat::EXITS_FOLDED);
     }
 }
 
-/// The slow path: looks the thread's cgroup up and caches the answer in its storage
-/// (created when missing). Returns null when no storage could be had.
+/// The slow path: looks the thread's cgroup up and caches the answer in its state
+/// (created when missing). Returns null when no state could be had.
 #[inline(always)]
-unsafe fn resolve<C: EbpfContext>(
+fn resolve<A: Access, S: ThreadStore<A>, C: EbpfContext>(
     ctx: &C,
-    task: Task,
+    task: Task<A>,
     state: *mut ThreadState,
     css_set: u64,
     generation: u64,
     exiting: bool,
 ) -> *mut ThreadState {
     count(stat::LOOKUPS);
-    let tracked = unsafe { tracked_cgroup(task) };
+    let tracked = tracked_cgroup(task);
     let state = if state.is_null() {
-        let created = unsafe { thread_state(task, true) };
+        let created = S::create(task);
         if created.is_null() {
-            // Out of memory (rare, and never on the common path): say so with the thread.
-            count(stat::STORAGE_FAILED);
-            aya_log_ebpf::warn!(
-                ctx,
-                "no task storage for thread {}: its CPU time is not attributed",
-                unsafe { task.pid() }
-            );
+            // Out of room (rare, and never on the common path). It matters only for a
+            // thread of a tracked cgroup: say so with the thread.
+            if tracked.is_some() {
+                count(stat::STORAGE_FAILED);
+                aya_log_ebpf::warn!(
+                    ctx,
+                    "no thread state for thread {}: its CPU time is not attributed",
+                    task.pid()
+                );
+            }
             return created;
         }
         created
     } else {
         state
     };
+    // SAFETY: non-null, and this thread's (see `account`).
     let s = unsafe { &mut *state };
     s.css_set = css_set;
     s.generation = generation;
@@ -94,13 +128,13 @@ unsafe fn resolve<C: EbpfContext>(
             if s.flags & thread_flags::ACCOUNTED == 0 {
                 // First time in a tracked cgroup: a thread born since tracking began is
                 // counted from birth; an older one from now (its first sample is 0).
-                let base = if unsafe { task.start_time() } >= since_ns {
+                let base = if task.start_time() >= since_ns {
                     CpuTimes::ZERO
                 } else {
                     if exiting {
                         count(stat::EXITS_UNSEEN);
                     }
-                    unsafe { task.cpu_times() }
+                    task.cpu_times()
                 };
                 base.store(s);
                 s.flags |= thread_flags::ACCOUNTED;
@@ -114,13 +148,24 @@ unsafe fn resolve<C: EbpfContext>(
 }
 
 #[inline(always)]
-unsafe fn add(cgroup: *mut CgroupCpu, delta: &CpuTimes, exiting: bool) {
+fn add(cgroup: *mut CgroupCpu, delta: &CpuTimes, exiting: bool) {
     use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
+    // SAFETY: cgroup is an element of CGROUP_CPU (from get_ptr_mut), valid while the
+    // program runs; the adds are atomic because threads on other CPUs add to it too.
     unsafe {
         atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*cgroup).run_ns, delta.run);
+    }
+    // SAFETY: as above.
+    unsafe {
         atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*cgroup).user_ns, delta.user);
+    }
+    // SAFETY: as above.
+    unsafe {
         atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*cgroup).system_ns, delta.system);
-        if exiting {
+    }
+    if exiting {
+        // SAFETY: as above.
+        unsafe {
             atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*cgroup).exited_threads, 1);
         }
     }

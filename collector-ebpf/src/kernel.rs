@@ -1,9 +1,15 @@
 //! Reading kernel structs through offsets resolved from BTF by the daemon.
 //!
 //! `LAYOUT` lives in `.rodata`, which aya freezes after writing it, so the verifier knows
-//! every offset as a constant and checks each load against the kernel's BTF: these are
-//! plain loads from trusted/RCU BTF pointers, not `bpf_probe_read_kernel` calls.
+//! every offset as a constant. With [`Direct`] access each field read is a plain load from
+//! a trusted/RCU BTF pointer, checked by the verifier against the kernel's BTF. [`Probed`]
+//! access reads through `bpf_probe_read_kernel` instead: for a `task_struct` address the
+//! verifier knows only as a number (`bpf_get_current_task()`, on kernels before 5.11 that
+//! lack `bpf_get_current_task_btf()`).
 
+use core::marker::PhantomData;
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
 use collector_common::{KernelLayout, ThreadState};
 
 #[unsafe(no_mangle)]
@@ -30,26 +36,69 @@ static LAYOUT: KernelLayout = KernelLayout {
     mm_anon_pages: 0,
     mm_shmem_pages: 0,
     mm_swap_entries: 0,
+    task_state: 0,
+    _pad: 0,
 };
 
 /// Reads one field of `LAYOUT`; volatile so that the compiler cannot fold the zeros above.
 macro_rules! layout {
     ($field:ident) => {{
+        // SAFETY: LAYOUT is a static of plain integers, valid for the program's life.
         #[allow(unused_unsafe)]
         let value = unsafe { core::ptr::read_volatile(&raw const LAYOUT.$field) };
         value
     }};
 }
 
-/// Loads a `T` at `base + offset`.
-#[inline(always)]
-pub unsafe fn load<T: Copy>(base: *const u8, offset: u32) -> T {
-    unsafe { *(base.add(offset as usize) as *const T) }
+/// How fields of a kernel object are read.
+pub trait Access: Copy {
+    /// Reads a `T` at `base + offset`.
+    ///
+    /// # Safety
+    /// `base` must be an object of the kind the offset belongs to, of the kind this
+    /// access reads (see [`Direct`] and [`Probed`]), and `T` the field's type.
+    unsafe fn load<T: Copy>(base: *const u8, offset: u32) -> T;
 }
 
-/// A `struct task_struct *`.
+/// Plain loads from pointers the verifier tracks as BTF objects: a missing or null
+/// object is caught by the kernel's exception table and reads as zero.
 #[derive(Clone, Copy)]
-pub struct Task(pub *const u8);
+pub struct Direct;
+
+impl Access for Direct {
+    #[inline(always)]
+    unsafe fn load<T: Copy>(base: *const u8, offset: u32) -> T {
+        // SAFETY: the caller's contract; the verifier checks the load against BTF.
+        unsafe { *(base.add(offset as usize) as *const T) }
+    }
+}
+
+/// `bpf_probe_read_kernel`: for addresses the verifier knows only as numbers. A read
+/// that faults yields zero, as a direct BTF load would.
+#[allow(dead_code, reason = "each of the two builds uses one of these")]
+#[derive(Clone, Copy)]
+pub struct Probed;
+
+impl Access for Probed {
+    #[inline(always)]
+    unsafe fn load<T: Copy>(base: *const u8, offset: u32) -> T {
+        let at = base.wrapping_add(offset as usize) as *const T;
+        // SAFETY: bpf_probe_read_kernel copies from any kernel address and fails cleanly
+        // on a bad one; every T read here (integers and pointers) is valid when zeroed.
+        unsafe { bpf_probe_read_kernel(at).unwrap_or_else(|_| core::mem::zeroed()) }
+    }
+}
+
+/// A `struct task_struct`, read with access `A`.
+///
+/// Invariant (established by [`Task::new`]): the pointer is a live `task_struct` of the
+/// kind `A` reads — a BTF pointer the verifier tracks for [`Direct`], a kernel address for
+/// [`Probed`] — for as long as the program runs. Every field reader relies on it.
+#[derive(Clone, Copy)]
+pub struct Task<A: Access> {
+    ptr: *const u8,
+    _access: PhantomData<A>,
+}
 
 #[derive(Clone, Copy)]
 pub struct CpuTimes {
@@ -93,47 +142,86 @@ impl CpuTimes {
     }
 }
 
-impl Task {
+impl<A: Access> Task<A> {
+    /// # Safety
+    /// `ptr` must be a `task_struct` of the kind `A` reads (see the type's invariant),
+    /// live while the program runs: a tracepoint's task argument, the iterator's task, or
+    /// the current task.
     #[inline(always)]
-    pub unsafe fn pid(self) -> u32 {
-        unsafe { load(self.0, layout!(task_pid)) }
+    pub unsafe fn new(ptr: *const u8) -> Self {
+        Self {
+            ptr,
+            _access: PhantomData,
+        }
+    }
+
+    /// The `task_struct` address (a map key; never dereferenced through this).
+    #[allow(dead_code, reason = "each of the two builds uses one of these")]
+    #[inline(always)]
+    pub fn address(self) -> u64 {
+        self.ptr as u64
+    }
+
+    /// The raw pointer, for helpers that take a BTF task (task storage).
+    #[allow(dead_code, reason = "each of the two builds uses one of these")]
+    #[inline(always)]
+    pub fn as_ptr(self) -> *const u8 {
+        self.ptr
     }
 
     #[inline(always)]
-    pub unsafe fn tgid(self) -> u32 {
-        unsafe { load(self.0, layout!(task_tgid)) }
+    fn field<T: Copy>(self, offset: u32) -> T {
+        // SAFETY: the type's invariant: ptr is a task_struct that A reads, and every
+        // offset passed here is one of LAYOUT's task_struct offsets for the field's type.
+        unsafe { A::load(self.ptr, offset) }
     }
 
     #[inline(always)]
-    pub unsafe fn flags(self) -> u32 {
-        unsafe { load(self.0, layout!(task_flags)) }
+    pub fn pid(self) -> u32 {
+        self.field(layout!(task_pid))
     }
 
     #[inline(always)]
-    pub unsafe fn start_time(self) -> u64 {
-        unsafe { load(self.0, layout!(task_start_time)) }
+    pub fn tgid(self) -> u32 {
+        self.field(layout!(task_tgid))
     }
 
     #[inline(always)]
-    pub unsafe fn cpu_times(self) -> CpuTimes {
-        unsafe {
-            CpuTimes {
-                run: load(self.0, layout!(task_sum_exec_runtime)),
-                user: load(self.0, layout!(task_utime)),
-                system: load(self.0, layout!(task_stime)),
-            }
+    pub fn flags(self) -> u32 {
+        self.field(layout!(task_flags))
+    }
+
+    /// The scheduler state (`__state`, or the low half of `state` before 5.14).
+    #[inline(always)]
+    pub fn state(self) -> u32 {
+        self.field(layout!(task_state))
+    }
+
+    #[inline(always)]
+    pub fn start_time(self) -> u64 {
+        self.field(layout!(task_start_time))
+    }
+
+    #[inline(always)]
+    pub fn cpu_times(self) -> CpuTimes {
+        CpuTimes {
+            run: self.field(layout!(task_sum_exec_runtime)),
+            user: self.field(layout!(task_utime)),
+            system: self.field(layout!(task_stime)),
         }
     }
 
     /// CPU of the process's threads that have already exited (`signal_struct`).
     #[inline(always)]
-    pub unsafe fn exited_threads_times(self) -> CpuTimes {
+    pub fn exited_threads_times(self) -> CpuTimes {
+        let signal: *const u8 = self.field(layout!(task_signal));
+        // SAFETY: task->signal is the task's signal_struct (never null for a live
+        // task; a null one reads as zeros), read with the same access as the task.
         unsafe {
-            let signal: *const u8 = load(self.0, layout!(task_signal));
             CpuTimes {
-                run: load(signal, layout!(signal_sum_sched_runtime)),
-                user: load(signal, layout!(signal_utime)),
-                system: load(signal, layout!(signal_stime)),
+                run: A::load(signal, layout!(signal_sum_sched_runtime)),
+                user: A::load(signal, layout!(signal_utime)),
+                system: A::load(signal, layout!(signal_stime)),
             }
         }
     }
@@ -141,20 +229,21 @@ impl Task {
     /// (resident pages, swapped-out pages) of the process, as `/proc/<pid>/statm` and
     /// `VmSwap` read them; `None` when the layout is unknown or the task has no mm.
     #[inline(always)]
-    pub unsafe fn memory_pages(self) -> Option<(i64, i64)> {
+    pub fn memory_pages(self) -> Option<(i64, i64)> {
         let file_off = layout!(mm_file_pages);
         if file_off == 0 {
             return None;
         }
+        let mm: *const u8 = self.field(layout!(task_mm));
+        if mm.is_null() {
+            return None;
+        }
+        // SAFETY: mm is the task's non-null mm_struct; the offsets are its RSS counters.
         unsafe {
-            let mm: *const u8 = load(self.0, layout!(task_mm));
-            if mm.is_null() {
-                return None;
-            }
-            let file: i64 = load(mm, file_off);
-            let anon: i64 = load(mm, layout!(mm_anon_pages));
-            let shmem: i64 = load(mm, layout!(mm_shmem_pages));
-            let swap: i64 = load(mm, layout!(mm_swap_entries));
+            let file: i64 = A::load(mm, file_off);
+            let anon: i64 = A::load(mm, layout!(mm_anon_pages));
+            let shmem: i64 = A::load(mm, layout!(mm_shmem_pages));
+            let swap: i64 = A::load(mm, layout!(mm_swap_entries));
             Some((file + anon + shmem, swap))
         }
     }
@@ -162,40 +251,45 @@ impl Task {
     /// The thread's `css_set`, as an address: it changes whenever the thread moves to
     /// another cgroup in any hierarchy, so it keys the cached attribution.
     #[inline(always)]
-    pub unsafe fn css_set(self) -> u64 {
-        unsafe { load::<*const u8>(self.0, layout!(task_cgroups)) as u64 }
+    pub fn css_set(self) -> u64 {
+        self.field::<*const u8>(layout!(task_cgroups)) as u64
     }
 
     /// Ids of the thread's cgroup in the attribution hierarchies: (cgroup v1, cgroup v2);
     /// 0 where that hierarchy is not used.
     #[inline(always)]
-    pub unsafe fn cgroup_ids(self) -> (u64, u64) {
-        unsafe {
-            let cset: *const u8 = load(self.0, layout!(task_cgroups));
-            let v1_off = layout!(css_set_v1_subsys);
-            let v1 = if v1_off != 0 {
-                let css: *const u8 = load(cset, v1_off);
-                let cgroup: *const u8 = load(css, layout!(css_cgroup));
-                cgroup_id(cgroup)
-            } else {
-                0
+    pub fn cgroup_ids(self) -> (u64, u64) {
+        let cset: *const u8 = self.field(layout!(task_cgroups));
+        let v1_off = layout!(css_set_v1_subsys);
+        let v1 = if v1_off != 0 {
+            // SAFETY: cset is the task's css_set; subsys[id] is a cgroup_subsys_state,
+            // whose `cgroup` is a struct cgroup.
+            let cgroup: *const u8 = unsafe {
+                let css: *const u8 = A::load(cset, v1_off);
+                A::load(css, layout!(css_cgroup))
             };
-            let v2_off = layout!(css_set_dfl_cgrp);
-            let v2 = if v2_off != 0 {
-                cgroup_id(load(cset, v2_off))
-            } else {
-                0
-            };
-            (v1, v2)
-        }
+            cgroup_id::<A>(cgroup)
+        } else {
+            0
+        };
+        let v2_off = layout!(css_set_dfl_cgrp);
+        let v2 = if v2_off != 0 {
+            // SAFETY: cset is the task's css_set; dfl_cgrp is a struct cgroup.
+            cgroup_id::<A>(unsafe { A::load(cset, v2_off) })
+        } else {
+            0
+        };
+        (v1, v2)
     }
 }
 
 /// `cgroup->kn->id`: the id cgroupfs shows as the directory's inode number.
 #[inline(always)]
-unsafe fn cgroup_id(cgroup: *const u8) -> u64 {
+fn cgroup_id<A: Access>(cgroup: *const u8) -> u64 {
+    // SAFETY: callers pass a struct cgroup read with access A (a null one reads as 0);
+    // its kn is a kernfs_node.
     unsafe {
-        let kn: *const u8 = load(cgroup, layout!(cgroup_kn));
-        load(kn, layout!(kernfs_node_id))
+        let kn: *const u8 = A::load(cgroup, layout!(cgroup_kn));
+        A::load(kn, layout!(kernfs_node_id))
     }
 }

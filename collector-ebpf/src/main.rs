@@ -1,4 +1,5 @@
-//! The collector's kernel side.
+//! The collector's kernel side, for kernels with task storage in tracing programs
+//! (5.11+). `thread_hash.rs` builds the same programs for kernels without it (5.10).
 //!
 //! * `sched_switch` (tp_btf) adds what the thread being switched out ran since it was last
 //!   accounted to its tracked cgroup's counters in `CGROUP_CPU`. A thread's final switch
@@ -14,34 +15,41 @@
 //!   for the allocations someone asks about: it reports each thread's CPU times and the
 //!   process's memory, so per-process figures need no /proc reads.
 //! * `sched_switch_empty` is only for measuring the tracepoint's own cost.
+//!
+//! The daemon loads each program on its own: one the kernel rejects turns off only what
+//! needs it.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
 mod account;
+mod iter;
 mod kernel;
 mod maps;
+mod store_task;
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::generated::{bpf_get_current_task_btf, bpf_seq_write},
+    helpers::generated::bpf_get_current_task_btf,
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
-use collector_common::{sample_flags, stat, ThreadSample, TASK_DEAD};
 
-use crate::{account::account, kernel::Task, maps::count};
+use crate::{
+    account::{account, account_switch},
+    kernel::{Direct, Task},
+    store_task::TaskStore,
+};
 
 /// Context switch: accounts the thread being switched out.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
-    // sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next,
-    //              unsigned int prev_state)
-    let prev: *const u8 = ctx.arg(1);
-    let prev_state: u32 = ctx.arg(3);
-    unsafe { account(&ctx, Task(prev), prev_state == TASK_DEAD) };
+    // sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next, ...)
+    // SAFETY: argument 1 of sched_switch is the task being switched out, a BTF pointer.
+    let prev = unsafe { Task::<Direct>::new(ctx.arg(1)) };
+    account_switch::<Direct, TaskStore, _>(&ctx, prev);
     0
 }
 
@@ -56,8 +64,9 @@ pub fn sched_switch_empty(_ctx: BtfTracePointContext) -> i32 {
 /// Accounts the thread running on this CPU (run by the daemon, not by an event).
 #[raw_tracepoint]
 pub fn checkpoint(ctx: RawTracePointContext) -> i32 {
-    let current: *const u8 = unsafe { bpf_get_current_task_btf() }.cast();
-    unsafe { account(&ctx, Task(current), false) };
+    // SAFETY: bpf_get_current_task_btf returns the running task as a BTF pointer.
+    let current = unsafe { Task::<Direct>::new(bpf_get_current_task_btf().cast()) };
+    account::<Direct, TaskStore, _>(&ctx, current, false);
     0
 }
 
@@ -66,56 +75,9 @@ pub fn checkpoint(ctx: RawTracePointContext) -> i32 {
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task")]
 fn process_threads(ctx: *mut c_void) -> i32 {
-    unsafe { try_process_threads(ctx) };
+    // SAFETY: the kernel calls an iter/task program with its bpf_iter__task context.
+    unsafe { iter::try_process_threads(ctx) };
     0
-}
-
-unsafe fn try_process_threads(ctx: *mut c_void) {
-    // struct bpf_iter__task { struct bpf_iter_meta *meta; struct task_struct *task; }
-    let ctx = ctx as *const *const u8;
-    let meta = unsafe { *ctx };
-    let task = unsafe { *ctx.add(1) };
-    if task.is_null() {
-        return; // end of iteration
-    }
-    let task = Task(task);
-    let now = unsafe { task.cpu_times() };
-    let tid = unsafe { task.pid() };
-    let tgid = unsafe { task.tgid() };
-    let mut sample = ThreadSample {
-        tid,
-        tgid,
-        run_ns: now.run,
-        user_ns: now.user,
-        system_ns: now.system,
-        start_ns: unsafe { task.start_time() },
-        ..ThreadSample::default()
-    };
-    if tid == tgid {
-        sample.flags |= sample_flags::LEADER;
-        let exited = unsafe { task.exited_threads_times() };
-        sample.exited_run_ns = exited.run;
-        sample.exited_user_ns = exited.user;
-        sample.exited_system_ns = exited.system;
-        if let Some((rss, swap)) = unsafe { task.memory_pages() } {
-            sample.flags |= sample_flags::MEMORY;
-            sample.rss_pages = rss;
-            sample.swap_pages = swap;
-        }
-    }
-    let seq = unsafe { *(meta as *const *mut aya_ebpf::bindings::seq_file) };
-    let written = unsafe {
-        bpf_seq_write(
-            seq,
-            (&raw const sample).cast(),
-            core::mem::size_of::<ThreadSample>() as u32,
-        )
-    };
-    if written != 0 {
-        // The read() buffer is full: the kernel shows this thread again at the start of
-        // the next read(), so nothing is lost.
-        count(stat::SAMPLES_DEFERRED);
-    }
 }
 
 #[cfg(not(test))]

@@ -1,16 +1,15 @@
-//! The programs' maps. Sizes of the bounded ones are set by the daemon at load time.
-
-use core::ptr;
+//! The maps every build of the programs has. Sizes of the bounded ones are set by the
+//! daemon at load time. Where a thread's own state is kept differs by kernel: see
+//! `store_task` and `store_hash`.
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE},
-    helpers::generated::bpf_task_storage_get,
-    macros::{btf_map, map},
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
-use collector_common::{control, stat, CgroupCpu, ThreadState, TrackedCgroup};
+use collector_common::{control, stat, CgroupCpu, TrackedCgroup};
 
-use crate::kernel::Task;
+use crate::kernel::{Access, Task};
 
 /// Tracked task cgroups, keyed by cgroup id: where their counters are and since when.
 /// Written only by the daemon. Not preallocated: an element the daemon deletes while a
@@ -32,53 +31,12 @@ static CONTROL: Array<u64> = Array::with_max_entries(control::COUNT, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
-/// A BTF-defined `BPF_MAP_TYPE_TASK_STORAGE` map (aya-ebpf 0.2 has no wrapper for it):
-/// the fields are placeholders whose types the loader reads from BTF.
-#[repr(C)]
-pub struct TaskStorage<T> {
-    r#type: *const [i32; aya_ebpf::bindings::bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE as usize],
-    key: *const i32,
-    value: *const T,
-    max_entries: *const [i32; 0],
-    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
-}
-
-// SAFETY: only ever passed to helpers by address; never dereferenced.
-unsafe impl<T> Sync for TaskStorage<T> {}
-
-#[btf_map]
-static THREAD_STATE: TaskStorage<ThreadState> = TaskStorage {
-    r#type: ptr::null(),
-    key: ptr::null(),
-    value: ptr::null(),
-    max_entries: ptr::null(),
-    map_flags: ptr::null(),
-};
-
-/// The thread's [`ThreadState`], created zeroed when `create` is set; null when absent
-/// (or when the kernel could not allocate it).
-#[inline(always)]
-pub unsafe fn thread_state(task: Task, create: bool) -> *mut ThreadState {
-    let flags = if create {
-        BPF_LOCAL_STORAGE_GET_F_CREATE as u64
-    } else {
-        0
-    };
-    unsafe {
-        bpf_task_storage_get(
-            (&raw const THREAD_STATE).cast_mut().cast(),
-            task.0.cast_mut().cast(),
-            ptr::null_mut(),
-            flags,
-        )
-        .cast()
-    }
-}
-
 /// The tracked cgroup the task belongs to, by its cgroup v1 id first, then cgroup v2.
 #[inline(always)]
-pub unsafe fn tracked_cgroup(task: Task) -> Option<TrackedCgroup> {
-    let (v1, v2) = unsafe { task.cgroup_ids() };
+pub fn tracked_cgroup<A: Access>(task: Task<A>) -> Option<TrackedCgroup> {
+    let (v1, v2) = task.cgroup_ids();
+    // SAFETY (both lookups): the entry is copied out at once; the daemon may delete it
+    // meanwhile, and a non-preallocated element is freed only after an RCU grace period.
     if v1 != 0 {
         if let Some(entry) = unsafe { TRACKED_CGROUPS.get(v1) } {
             return Some(*entry);
@@ -104,7 +62,8 @@ pub fn generation() -> u64 {
 #[inline(always)]
 pub fn count(slot: u32) {
     if let Some(counter) = STATS.get_ptr_mut(slot) {
-        // Per-CPU slot: no other CPU writes it.
+        // SAFETY: a per-CPU slot, and programs do not preempt each other on a CPU: no
+        // other writer.
         unsafe { *counter += 1 };
     }
 }

@@ -110,6 +110,13 @@ pub struct EbpfConfig {
     /// Hierarchy used to attribute threads to tasks: `auto`, `v2`, or a cgroup v1
     /// controller name such as `cpuacct`.
     pub attribution: String,
+    /// Where the context-switch program keeps each thread's state: `auto` (task storage
+    /// where the kernel has it, 5.11+), `task_storage`, or `hash` (a hash map keyed by
+    /// task, what 5.10 gets).
+    pub thread_state: String,
+    /// Capacity of that hash map: user threads on the whole host (kernels without task
+    /// storage only; each entry is about 120 bytes of kernel memory, preallocated).
+    pub max_threads: u32,
 }
 
 impl Default for EbpfConfig {
@@ -118,6 +125,8 @@ impl Default for EbpfConfig {
             pin_root: PathBuf::from("/sys/fs/bpf/nomad-collector"),
             max_tracked_cgroups: 16384,
             attribution: "auto".to_owned(),
+            thread_state: "auto".to_owned(),
+            max_threads: 65536,
         }
     }
 }
@@ -380,6 +389,21 @@ impl Config {
         if self.ebpf.max_tracked_cgroups == 0 {
             return invalid("ebpf.max_tracked_cgroups must be at least 1".to_owned());
         }
+        if !matches!(
+            self.ebpf.thread_state.as_str(),
+            "auto" | "task_storage" | "hash"
+        ) {
+            return invalid(format!(
+                "ebpf.thread_state: `{}` is not one of auto, task_storage, hash",
+                self.ebpf.thread_state
+            ));
+        }
+        if !(1024..=4_194_304).contains(&self.ebpf.max_threads) {
+            return invalid(format!(
+                "ebpf.max_threads must be between 1024 and 4194304, got {}",
+                self.ebpf.max_threads
+            ));
+        }
         let attribution = self.ebpf.attribution.as_str();
         if !matches!(attribution, "auto" | "v2" | "cpu" | "cpuacct" | "memory") {
             return invalid(format!(
@@ -564,6 +588,9 @@ mod tests {
         let check = |toml: &str| Config::from_toml(toml, "t").unwrap().validate();
         assert!(check("[ebpf]\nattribution = \"cpuacct\"").is_ok());
         assert!(check("[ebpf]\nattribution = \"blkio\"").is_err());
+        assert!(check("[ebpf]\nthread_state = \"hash\"").is_ok());
+        assert!(check("[ebpf]\nthread_state = \"lru\"").is_err());
+        assert!(check("[ebpf]\nmax_threads = 10").is_err());
         assert!(check("[nomad]\ncgroup_parent_v1 = \"/custom/nomad\"").is_ok());
         assert!(check("[nomad]\ncgroup_parent_v1 = \"../escape\"").is_err());
         assert!(check("[nomad]\ncgroup_parent_v2 = \"\"").is_err());

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::{
-    kernel::KernelStats,
+    kernel::{KernelFeatures, KernelStats},
     model::{AllocResourceUsage, HostStats, TaskResourceUsage},
 };
 
@@ -52,6 +52,8 @@ pub struct Health {
     pub fallback_reason: Option<String>,
     /// eBPF programs attached (0 on the /proc source).
     pub programs_attached: u32,
+    /// What runs in the kernel, and what this kernel turned off and why (eBPF source).
+    pub kernel_features: Option<KernelFeatures>,
     pub kernel: KernelStats,
     /// BPF run time and runs of the sched_switch program (needs kernel.bpf_stats_enabled).
     pub sched_switch_run_time_ns: u64,

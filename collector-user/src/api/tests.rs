@@ -225,6 +225,7 @@ fn snapshot() -> Snapshot {
             source: CpuSourceKind::Procfs,
             fallback_reason: Some("BPF \"denied\"\nby \\ lockdown".to_owned()),
             programs_attached: 0,
+            kernel_features: None,
             kernel: KernelStats {
                 exits_folded: 11,
                 exits_unseen: 1,

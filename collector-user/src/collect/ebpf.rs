@@ -12,8 +12,8 @@ use super::{
     sample::{CpuTimes, ProcessMemory, ProcessSample},
 };
 use crate::kernel::{
-    AttachedPrograms, Attribution, KernelAccounting, KernelError, KernelOptions, KernelStats,
-    ProgramRunStats,
+    AttachedPrograms, Attribution, KernelAccounting, KernelError, KernelFeatures, KernelOptions,
+    KernelStats, ProgramRunStats,
 };
 
 /// Which counter slots are in use. A slot given up is quarantined until the next
@@ -128,10 +128,19 @@ impl EbpfSource {
     pub fn load(options: &KernelOptions) -> Result<Self, KernelError> {
         let kernel = KernelAccounting::load(options)?;
         let programs = kernel.programs();
+        let features = kernel.features();
+        let off: Vec<&str> = features
+            .optional()
+            .into_iter()
+            .filter(|(_, f)| !f.enabled)
+            .map(|(name, _)| name)
+            .collect();
         info!(
             sched_switch = programs.sched_switch_id,
-            checkpoint = programs.checkpoint_id,
-            process_iter = programs.process_iter_id,
+            checkpoint = ?programs.checkpoint_id,
+            process_iter = ?programs.process_iter_id,
+            thread_state = features.thread_state.build_name(),
+            off = ?off,
             kept_pinned = programs.reused_pinned_link,
             v1 = options.attribution.v1_controller.as_deref().unwrap_or("-"),
             v2 = options.attribution.v2,
@@ -170,6 +179,15 @@ impl EbpfSource {
 
     pub fn reads_process_memory(&self) -> bool {
         self.kernel.reads_process_memory()
+    }
+
+    /// Whether per-process figures come from the kernel's task iterator (else /proc).
+    pub fn samples_processes(&self) -> bool {
+        self.kernel.samples_processes()
+    }
+
+    pub fn features(&self) -> &KernelFeatures {
+        self.kernel.features()
     }
 
     pub fn kernel_stats(&self) -> KernelStats {

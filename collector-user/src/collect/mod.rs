@@ -49,7 +49,7 @@ use self::{
 use crate::{
     cgroup::{CgroupMounts, Discovery, NomadParents},
     config::{Config, SourceChoice, StaticAllocation},
-    kernel::{Attribution, KernelOptions},
+    kernel::{Attribution, KernelOptions, ThreadStateChoice, ThreadStateStore},
     procfs::{HostReader, ProcReader},
     snapshot::{AllocEntry, AllocInfo, CpuSourceKind, Health, Snapshot, TaskInfo},
 };
@@ -209,7 +209,7 @@ impl Sources<'_> {
         }
         let samples = &mut self.scratch.samples;
         samples.clear();
-        match self.ebpf.as_deref_mut() {
+        match self.ebpf.as_deref_mut().filter(|e| e.samples_processes()) {
             Some(ebpf) => {
                 if let Err(e) = ebpf.sample_processes(pids, samples) {
                     warn!(error = %e, "sampling processes through the task iterator");
@@ -295,6 +295,12 @@ impl Collector {
                     attribution,
                     max_tracked_cgroups: config.ebpf.max_tracked_cgroups,
                     pin_root: config.pin_root().map(|p| p.to_path_buf()),
+                    thread_state: match config.ebpf.thread_state.as_str() {
+                        "task_storage" => ThreadStateChoice::Only(ThreadStateStore::TaskStorage),
+                        "hash" => ThreadStateChoice::Only(ThreadStateStore::Hash),
+                        _ => ThreadStateChoice::Auto,
+                    },
+                    max_threads: config.ebpf.max_threads,
                 };
                 match EbpfSource::load(&options) {
                     Ok(source) => (Some(source), None),
@@ -308,7 +314,7 @@ impl Collector {
                             "!!! eBPF COULD NOT BE LOADED: falling back to reading CPU time from /proc \
                              for every process every interval (Nomad's costly method; exited \
                              processes between samples are missed). Run as root on a kernel with \
-                             BTF, tp_btf, task storage and task iterators (6.1+) to use eBPF."
+                             BTF and tp_btf programs (5.10+) to use eBPF."
                         );
                         (None, Some(reason))
                     }
@@ -638,7 +644,11 @@ impl Collector {
             ..Health::default()
         };
         if let Some(ebpf) = &self.ebpf {
-            health.programs_attached = 3;
+            let features = ebpf.features();
+            health.programs_attached = 1
+                + u32::from(features.checkpoint.enabled)
+                + u32::from(features.process_iter.enabled);
+            health.kernel_features = Some(features.clone());
             health.kernel = ebpf.kernel_stats();
             (
                 health.sched_switch_run_count,

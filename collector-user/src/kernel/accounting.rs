@@ -20,20 +20,25 @@ use aya::{
     Btf as AyaBtf, Ebpf, EbpfError, EbpfLoader,
 };
 use collector_common::{
-    control, stat, CgroupCpu, KernelLayout, ThreadSample, ThreadState, TrackedCgroup,
+    control, stat, CgroupCpu, KernelLayout, ThreadEntry, ThreadSample, ThreadState, TrackedCgroup,
 };
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{
     btf::{Btf, BtfError},
+    features::{Feature, KernelFeatures, Refusal, ThreadStateChoice, ThreadStateStore},
     layout::{self, Attribution},
     pins::{MapShape, PinDir, PinError},
     sys,
 };
 
-/// The compiled programs, built by build.rs (aya-build).
-static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collector"));
+/// The compiled programs, built by build.rs (aya-build): the same programs with each
+/// thread's state in task storage (5.11+) or in a hash map keyed by task (5.10).
+static TASK_STORAGE_PROGRAMS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collector"));
+static THREAD_HASH_PROGRAMS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collector-thread-hash"));
 
 const SWITCH_PROGRAM: &str = "sched_switch";
 const CHECKPOINT_PROGRAM: &str = "checkpoint";
@@ -43,13 +48,7 @@ const CGROUP_CPU_MAP: &str = "CGROUP_CPU";
 const CONTROL_MAP: &str = "CONTROL";
 const STATS_MAP: &str = "STATS";
 const THREAD_STATE_MAP: &str = "THREAD_STATE";
-const PINNED_MAPS: [&str; 5] = [
-    TRACKED_MAP,
-    CGROUP_CPU_MAP,
-    CONTROL_MAP,
-    STATS_MAP,
-    THREAD_STATE_MAP,
-];
+const THREAD_HASH_MAP: &str = "THREAD_STATE_HASH";
 const SWITCH_LINK_PIN: &str = "sched_switch_link";
 const EMPTY_PROGRAM: &str = "sched_switch_empty";
 
@@ -71,6 +70,9 @@ pub enum KernelError {
     },
     #[error("eBPF program or map `{0}` missing from the object")]
     Missing(&'static str),
+    /// The kernel refused the program: the one line that says why.
+    #[error("{0}")]
+    Refused(String),
     #[error("pinning: {0}")]
     Pin(#[from] PinError),
     #[error("{what}: {source}")]
@@ -87,6 +89,10 @@ pub struct KernelOptions {
     pub max_tracked_cgroups: u32,
     /// Where to pin maps and the sched_switch link; `None` keeps nothing after exit.
     pub pin_root: Option<PathBuf>,
+    /// Where threads' state is kept (`Auto`: task storage where the kernel has it).
+    pub thread_state: ThreadStateChoice,
+    /// Capacity of the per-thread hash map (kernels without task storage only).
+    pub max_threads: u32,
 }
 
 /// What the programs counted (summed over CPUs), see `collector_common::stat`.
@@ -112,8 +118,9 @@ pub struct ProgramRunStats {
 #[derive(Clone, Debug)]
 pub struct AttachedPrograms {
     pub sched_switch_id: u32,
-    pub checkpoint_id: u32,
-    pub process_iter_id: u32,
+    /// `None` where the kernel refused the program (see [`KernelFeatures`]).
+    pub checkpoint_id: Option<u32>,
+    pub process_iter_id: Option<u32>,
     /// The sched_switch link was found pinned and kept (a restart), not attached anew.
     pub reused_pinned_link: bool,
 }
@@ -136,13 +143,15 @@ pub struct KernelAccounting {
     control: Array<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
     _switch_link: SwitchLink,
-    /// The attached programs (ours, or the pinned one kept from a previous run).
+    /// The attached programs (ours, or the pinned one kept from a previous run); the
+    /// optional ones are `None` where the kernel refused them.
     switch_prog_fd: OwnedFd,
-    checkpoint_prog_fd: OwnedFd,
-    iter_prog_fd: OwnedFd,
+    checkpoint_prog_fd: Option<OwnedFd>,
+    iter_prog_fd: Option<OwnedFd>,
     /// Task iterator links, one per process asked about, by PID.
     process_links: HashMap<u32, OwnedFd>,
     programs: AttachedPrograms,
+    features: KernelFeatures,
     layout: KernelLayout,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// CPUs the checkpoint runs on (the configured ones; offline ones are skipped).
@@ -158,8 +167,50 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
     move |source| KernelError::Map { name, source }
 }
 
+/// The maps pinned for a build.
+fn pinned_maps(store: ThreadStateStore) -> [&'static str; 5] {
+    [
+        TRACKED_MAP,
+        CGROUP_CPU_MAP,
+        CONTROL_MAP,
+        STATS_MAP,
+        thread_map(store),
+    ]
+}
+
+fn thread_map(store: ThreadStateStore) -> &'static str {
+    match store {
+        ThreadStateStore::TaskStorage => THREAD_STATE_MAP,
+        ThreadStateStore::Hash => THREAD_HASH_MAP,
+    }
+}
+
+fn object(store: ThreadStateStore) -> &'static [u8] {
+    match store {
+        ThreadStateStore::TaskStorage => TASK_STORAGE_PROGRAMS,
+        ThreadStateStore::Hash => THREAD_HASH_PROGRAMS,
+    }
+}
+
 /// The shapes the pinned maps must have for this build and configuration.
-fn map_shapes(max_tracked: u32) -> [MapShape; 5] {
+fn map_shapes(store: ThreadStateStore, options: &KernelOptions) -> [MapShape; 5] {
+    let max_tracked = options.max_tracked_cgroups;
+    let thread = match store {
+        ThreadStateStore::TaskStorage => MapShape {
+            name: THREAD_STATE_MAP,
+            map_type: MapType::TaskStorage,
+            key_size: size_of::<i32>() as u32,
+            value_size: size_of::<ThreadState>() as u32,
+            max_entries: 0,
+        },
+        ThreadStateStore::Hash => MapShape {
+            name: THREAD_HASH_MAP,
+            map_type: MapType::Hash,
+            key_size: size_of::<u64>() as u32,
+            value_size: size_of::<ThreadEntry>() as u32,
+            max_entries: options.max_threads,
+        },
+    };
     [
         MapShape {
             name: TRACKED_MAP,
@@ -189,14 +240,35 @@ fn map_shapes(max_tracked: u32) -> [MapShape; 5] {
             value_size: size_of::<u64>() as u32,
             max_entries: stat::COUNT,
         },
-        MapShape {
-            name: THREAD_STATE_MAP,
-            map_type: MapType::TaskStorage,
-            key_size: size_of::<i32>() as u32,
-            value_size: size_of::<ThreadState>() as u32,
-            max_entries: 0,
-        },
+        thread,
     ]
+}
+
+/// The stores to try, in order: task storage first where the kernel has the map type
+/// (a kernel that has it but refuses it in tracing programs then gets the hash map).
+fn stores_to_try(choice: ThreadStateChoice) -> Vec<ThreadStateStore> {
+    match choice {
+        ThreadStateChoice::Only(store) => vec![store],
+        ThreadStateChoice::Auto => match aya::sys::is_map_supported(MapType::TaskStorage) {
+            Ok(true) => vec![ThreadStateStore::TaskStorage, ThreadStateStore::Hash],
+            supported => {
+                warn!(
+                    probe = ?supported,
+                    "this kernel has no task storage (5.11+): each thread's state is kept \
+                     in a hash map keyed by task instead (exact; costs a hash lookup per \
+                     context switch and ebpf.max_threads entries of kernel memory)"
+                );
+                vec![ThreadStateStore::Hash]
+            }
+        },
+    }
+}
+
+fn reading_btf_err(e: impl std::fmt::Display) -> KernelError {
+    KernelError::Io {
+        what: "reading /sys/kernel/btf/vmlinux",
+        source: std::io::Error::other(e.to_string()),
+    }
 }
 
 fn configured_cpus() -> u32 {
@@ -206,37 +278,68 @@ fn configured_cpus() -> u32 {
 }
 
 impl KernelAccounting {
-    /// Loads the programs, attaches them, and opens the maps.
+    /// Loads the programs, attaches them, and opens the maps. Only the context-switch
+    /// program is required; the checkpoint and the per-process iterator are loaded on
+    /// their own, and one the kernel refuses is turned off with the reason (see
+    /// [`KernelAccounting::features`]).
     pub fn load(options: &KernelOptions) -> Result<Self, KernelError> {
         let btf = Btf::from_sys_fs()?;
         let layout = layout::resolve(&btf, &options.attribution)?;
         drop(btf);
-        let aya_btf = AyaBtf::from_sys_fs().map_err(|e| KernelError::Io {
-            what: "reading /sys/kernel/btf/vmlinux",
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        let aya_btf = AyaBtf::from_sys_fs().map_err(reading_btf_err)?;
+        let stores = stores_to_try(options.thread_state);
+        let mut failure = None;
+        for (i, &store) in stores.iter().enumerate() {
+            match Self::load_build(options, store, &layout, &aya_btf) {
+                Ok(kernel) => return Ok(kernel),
+                Err(e) => {
+                    if i + 1 < stores.len() {
+                        warn!(
+                            build = store.build_name(),
+                            error = %e,
+                            "this kernel refused the programs' build; trying the next one"
+                        );
+                    }
+                    failure = Some(e);
+                }
+            }
+        }
+        Err(failure.unwrap_or(KernelError::Missing(SWITCH_PROGRAM)))
+    }
 
-        let pins = options.pin_root.as_deref().map(PinDir::new);
+    fn load_build(
+        options: &KernelOptions,
+        store: ThreadStateStore,
+        layout: &KernelLayout,
+        aya_btf: &AyaBtf,
+    ) -> Result<Self, KernelError> {
+        let pins = options
+            .pin_root
+            .as_deref()
+            .map(|root| PinDir::for_build(root, store.build_name()));
         let mut loader = EbpfLoader::new();
         loader
-            .btf(Some(&aya_btf))
+            .btf(Some(aya_btf))
             // THREAD_STATE is task storage, which aya only loads on request.
             .allow_unsupported_maps()
-            .override_global("LAYOUT", &layout, true)
+            .override_global("LAYOUT", layout, true)
             .map_max_entries(TRACKED_MAP, options.max_tracked_cgroups)
             .map_max_entries(CGROUP_CPU_MAP, options.max_tracked_cgroups);
+        if store == ThreadStateStore::Hash {
+            loader.map_max_entries(THREAD_HASH_MAP, options.max_threads);
+        }
         let pin_paths;
         if let Some(pins) = &pins {
             pins.prepare()?;
-            if pins.keep_if_consistent(&map_shapes(options.max_tracked_cgroups))? {
+            if pins.keep_if_consistent(&map_shapes(store, options))? {
                 info!(path = %pins.dir().display(), "reusing pinned eBPF maps: counters continue");
             }
-            pin_paths = PINNED_MAPS.map(|name| (name, pins.path(name)));
+            pin_paths = pinned_maps(store).map(|name| (name, pins.path(name)));
             for (name, path) in &pin_paths {
                 loader.map_pin_path(name, path.as_path());
             }
         }
-        let mut ebpf = loader.load(PROGRAMS)?;
+        let mut ebpf = loader.load(object(store))?;
         // The programs log their rare failures with aya-log; drained after each read.
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
@@ -246,46 +349,61 @@ impl KernelAccounting {
             }
         };
 
-        let iter: &mut Iter = ebpf
-            .program_mut(ITER_PROGRAM)
-            .ok_or(KernelError::Missing(ITER_PROGRAM))?
-            .try_into()
-            .map_err(program_err(ITER_PROGRAM))?;
-        iter.load("task", &aya_btf)
-            .map_err(program_err(ITER_PROGRAM))?;
-        let process_iter_id = iter.info().map_err(program_err(ITER_PROGRAM))?.id();
-        let iter_prog_fd = dup_fd(iter.fd().map_err(program_err(ITER_PROGRAM))?.as_fd())?;
-
-        let checkpoint: &mut RawTracePoint = ebpf
-            .program_mut(CHECKPOINT_PROGRAM)
-            .ok_or(KernelError::Missing(CHECKPOINT_PROGRAM))?
-            .try_into()
-            .map_err(program_err(CHECKPOINT_PROGRAM))?;
-        checkpoint.load().map_err(program_err(CHECKPOINT_PROGRAM))?;
-        let checkpoint_id = checkpoint
-            .info()
-            .map_err(program_err(CHECKPOINT_PROGRAM))?
-            .id();
-        let checkpoint_prog_fd = dup_fd(
-            checkpoint
-                .fd()
-                .map_err(program_err(CHECKPOINT_PROGRAM))?
-                .as_fd(),
-        )?;
-
+        // Required: without it there is no kernel-side accounting at all.
         let switch: &mut BtfTracePoint = ebpf
             .program_mut(SWITCH_PROGRAM)
             .ok_or(KernelError::Missing(SWITCH_PROGRAM))?
             .try_into()
             .map_err(program_err(SWITCH_PROGRAM))?;
         switch
-            .load("sched_switch", &aya_btf)
-            .map_err(program_err(SWITCH_PROGRAM))?;
-        drop(aya_btf);
+            .load("sched_switch", aya_btf)
+            .map_err(|e| refused(SWITCH_PROGRAM, &e))?;
         let ours = switch.info().map_err(program_err(SWITCH_PROGRAM))?;
+
+        let checkpoint_prog_fd = load_optional(CHECKPOINT_PROGRAM, || {
+            let checkpoint: &mut RawTracePoint = ebpf
+                .program_mut(CHECKPOINT_PROGRAM)
+                .ok_or(KernelError::Missing(CHECKPOINT_PROGRAM))?
+                .try_into()
+                .map_err(program_err(CHECKPOINT_PROGRAM))?;
+            checkpoint
+                .load()
+                .map_err(|e| refused(CHECKPOINT_PROGRAM, &e))?;
+            probe_checkpoint(checkpoint)?;
+            prog_fd(checkpoint.fd(), CHECKPOINT_PROGRAM)
+        });
+        let iter_prog_fd = load_optional(ITER_PROGRAM, || {
+            let iter: &mut Iter = ebpf
+                .program_mut(ITER_PROGRAM)
+                .ok_or(KernelError::Missing(ITER_PROGRAM))?
+                .try_into()
+                .map_err(program_err(ITER_PROGRAM))?;
+            iter.load("task", aya_btf)
+                .map_err(|e| refused(ITER_PROGRAM, &e))?;
+            let fd = prog_fd(iter.fd(), ITER_PROGRAM)?;
+            probe_process_iter(fd.as_fd())?;
+            Ok(fd)
+        });
+        let features = KernelFeatures {
+            thread_state: store,
+            checkpoint: feature_of(&checkpoint_prog_fd),
+            process_iter: feature_of(&iter_prog_fd),
+        };
+        let id_of = |fd: &Result<OwnedFd, KernelError>| {
+            fd.as_ref()
+                .ok()
+                .and_then(|fd| sys::prog_id(fd.as_fd()).ok())
+        };
+        let (checkpoint_id, process_iter_id) = (id_of(&checkpoint_prog_fd), id_of(&iter_prog_fd));
+
+        let switch: &mut BtfTracePoint = ebpf
+            .program_mut(SWITCH_PROGRAM)
+            .ok_or(KernelError::Missing(SWITCH_PROGRAM))?
+            .try_into()
+            .map_err(program_err(SWITCH_PROGRAM))?;
         let (switch_link, sched_switch_id, reused, switch_prog_fd) = match pins
             .as_ref()
-            .and_then(|pins| reuse_pinned_switch_link(pins, &ours))
+            .and_then(|pins| reuse_pinned_switch_link(pins, store, &ours))
         {
             Some((link, id, fd)) => (SwitchLink::Pinned(link), id, true, fd),
             None => {
@@ -305,7 +423,7 @@ impl KernelAccounting {
                     }
                     None => SwitchLink::Owned(link),
                 };
-                let fd = dup_fd(switch.fd().map_err(program_err(SWITCH_PROGRAM))?.as_fd())?;
+                let fd = prog_fd(switch.fd(), SWITCH_PROGRAM)?;
                 (link, ours.id(), false, fd)
             }
         };
@@ -330,8 +448,8 @@ impl KernelAccounting {
             stats,
             _switch_link: switch_link,
             switch_prog_fd,
-            checkpoint_prog_fd,
-            iter_prog_fd,
+            checkpoint_prog_fd: checkpoint_prog_fd.ok(),
+            iter_prog_fd: iter_prog_fd.ok(),
             process_links: HashMap::new(),
             programs: AttachedPrograms {
                 sched_switch_id,
@@ -339,11 +457,17 @@ impl KernelAccounting {
                 process_iter_id,
                 reused_pinned_link: reused,
             },
-            layout,
+            features,
+            layout: *layout,
             logger,
             cpus: configured_cpus(),
             read_buf: Vec::with_capacity(4096),
         })
+    }
+
+    /// What runs in the kernel and what was turned off, with the reasons.
+    pub fn features(&self) -> &KernelFeatures {
+        &self.features
     }
 
     pub fn programs(&self) -> &AttachedPrograms {
@@ -357,6 +481,11 @@ impl KernelAccounting {
     /// Whether the iterator reads per-process memory itself.
     pub fn reads_process_memory(&self) -> bool {
         self.layout.mm_file_pages != 0
+    }
+
+    /// Whether per-process figures can come from the kernel (the task iterator loaded).
+    pub fn samples_processes(&self) -> bool {
+        self.iter_prog_fd.is_some()
     }
 
     /// Every tracked cgroup in the kernel map (after a restart: what the pins kept).
@@ -413,6 +542,9 @@ impl KernelAccounting {
     /// be long ago), one `BPF_PROG_TEST_RUN` per CPU. Returns how many CPUs failed
     /// (offline ones are skipped silently).
     pub fn checkpoint(&mut self) -> u32 {
+        if self.checkpoint_prog_fd.is_none() {
+            return 0; // turned off at start-up, and said so then
+        }
         let Some(program) = self.ebpf.program(CHECKPOINT_PROGRAM) else {
             return self.cpus;
         };
@@ -457,10 +589,13 @@ impl KernelAccounting {
         out: &mut Vec<ThreadSample>,
     ) -> Result<(), KernelError> {
         let io = |what| move |source| KernelError::Io { what, source };
+        let Some(iter_prog_fd) = &self.iter_prog_fd else {
+            return Err(KernelError::Missing(ITER_PROGRAM));
+        };
         let link = match self.process_links.entry(pid) {
             std::collections::hash_map::Entry::Occupied(link) => link.into_mut(),
             std::collections::hash_map::Entry::Vacant(slot) => {
-                match sys::process_iter_link_create(self.iter_prog_fd.as_fd(), pid) {
+                match sys::process_iter_link_create(iter_prog_fd.as_fd(), pid) {
                     Ok(link) => slot.insert(link),
                     // The process is already gone.
                     Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
@@ -472,15 +607,7 @@ impl KernelAccounting {
         self.read_buf.clear();
         file.read_to_end(&mut self.read_buf)
             .map_err(io("reading a process iterator"))?;
-        out.extend(
-            self.read_buf
-                .chunks_exact(size_of::<ThreadSample>())
-                .map(|chunk| {
-                    // SAFETY: ThreadSample is plain-old-data of exactly this size; the
-                    // buffer carries no alignment guarantee, hence read_unaligned.
-                    unsafe { chunk.as_ptr().cast::<ThreadSample>().read_unaligned() }
-                }),
-        );
+        out.extend(thread_samples(&self.read_buf));
         Ok(())
     }
 
@@ -492,11 +619,14 @@ impl KernelAccounting {
     /// Run count and total run time of each program, as the kernel accounts them while
     /// `kernel.bpf_stats_enabled` is set (zeros otherwise).
     pub fn program_run_stats(&self) -> ProgramRunStats {
-        let stats = |fd: &OwnedFd| sys::prog_run_stats(fd.as_fd()).unwrap_or_default();
+        let stats = |fd: Option<&OwnedFd>| {
+            fd.and_then(|fd| sys::prog_run_stats(fd.as_fd()).ok())
+                .unwrap_or_default()
+        };
         ProgramRunStats {
-            sched_switch: stats(&self.switch_prog_fd),
-            checkpoint: stats(&self.checkpoint_prog_fd),
-            process_iter: stats(&self.iter_prog_fd),
+            sched_switch: stats(Some(&self.switch_prog_fd)),
+            checkpoint: stats(self.checkpoint_prog_fd.as_ref()),
+            process_iter: stats(self.iter_prog_fd.as_ref()),
         }
     }
 
@@ -526,14 +656,14 @@ pub struct EmptyProbe {
 /// Attaches only the empty sched_switch program: what the tracepoint costs with any
 /// program on it, the floor under the accounting program's cost (for the benchmark).
 pub fn attach_empty_probe() -> Result<EmptyProbe, KernelError> {
-    let btf = AyaBtf::from_sys_fs().map_err(|e| KernelError::Io {
-        what: "reading /sys/kernel/btf/vmlinux",
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    let btf = AyaBtf::from_sys_fs().map_err(reading_btf_err)?;
+    let store = *stores_to_try(ThreadStateChoice::Auto)
+        .first()
+        .unwrap_or(&ThreadStateStore::Hash);
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&btf))
         .allow_unsupported_maps()
-        .load(PROGRAMS)?;
+        .load(object(store))?;
     let program: &mut BtfTracePoint = ebpf
         .program_mut(EMPTY_PROGRAM)
         .ok_or(KernelError::Missing(EMPTY_PROGRAM))?
@@ -550,6 +680,7 @@ pub fn attach_empty_probe() -> Result<EmptyProbe, KernelError> {
 /// process's maps; otherwise unpins it (detaching it) so that ours is attached instead.
 fn reuse_pinned_switch_link(
     pins: &PinDir,
+    store: ThreadStateStore,
     ours: &aya::programs::ProgramInfo,
 ) -> Option<(PinnedLink, u32, OwnedFd)> {
     let path = pins.path(SWITCH_LINK_PIN);
@@ -577,7 +708,7 @@ fn reuse_pinned_switch_link(
     // has its own .rodata and log buffer, so only the pinned maps are compared). Its
     // log buffer is the old process's, so its rare log lines are not forwarded; what it
     // logs is counted in the pinned STATS map too.
-    let pinned_map_ids: Vec<u32> = PINNED_MAPS
+    let pinned_map_ids: Vec<u32> = pinned_maps(store)
         .iter()
         .filter_map(|name| MapInfo::from_pin(pins.path(name)).ok())
         .map(|info| info.id())
@@ -607,6 +738,102 @@ fn reuse_pinned_switch_link(
     }
     let _ = std::fs::remove_file(&path);
     None
+}
+
+/// The kernel refused `program`: its one-line reason at error level by the caller, the
+/// whole verifier log here at debug level.
+fn refused(program: &'static str, error: &ProgramError) -> KernelError {
+    let refusal = Refusal::of(program, error);
+    if let Some(log) = &refusal.log {
+        debug!(program, verifier_log = %log, "the verifier's whole log");
+    }
+    KernelError::Refused(refusal.reason)
+}
+
+/// Runs `load` for an optional program; a failure turns only that program off, loudly.
+fn load_optional(
+    program: &'static str,
+    load: impl FnOnce() -> Result<OwnedFd, KernelError>,
+) -> Result<OwnedFd, KernelError> {
+    let loaded = load();
+    if let Err(e) = &loaded {
+        error!(
+            program,
+            reason = %e,
+            "!!! eBPF program turned off on this kernel: {}",
+            match program {
+                CHECKPOINT_PROGRAM =>
+                    "a running thread's current slice is counted at its next context switch \
+                     instead of at each read",
+                _ => "per-process figures (Pids) are read from /proc for the allocations asked about",
+            }
+        );
+    }
+    loaded
+}
+
+fn feature_of(loaded: &Result<OwnedFd, KernelError>) -> Feature {
+    match loaded {
+        Ok(_) => Feature::on(),
+        Err(e) => Feature::off(e.to_string()),
+    }
+}
+
+fn prog_fd(
+    fd: Result<&aya::programs::ProgramFd, ProgramError>,
+    name: &'static str,
+) -> Result<OwnedFd, KernelError> {
+    dup_fd(fd.map_err(program_err(name))?.as_fd())
+}
+
+/// Test-runs the checkpoint on one CPU: a kernel that loads it but cannot run it on a
+/// chosen CPU (`BPF_F_TEST_RUN_ON_CPU`, 5.10+) has no checkpoint either.
+fn probe_checkpoint(program: &RawTracePoint) -> Result<(), KernelError> {
+    let options = RawTracePointRunOptions {
+        cpu: Some(0),
+        ..RawTracePointRunOptions::default()
+    };
+    match program.test_run(options) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(KernelError::Refused(format!(
+            "{CHECKPOINT_PROGRAM}: running it on a chosen CPU failed: {e}"
+        ))),
+    }
+}
+
+/// Runs the task iterator scoped to this process and checks that it saw this process's
+/// threads and nothing else: a kernel without per-process task iterators (before 6.1)
+/// either refuses the scope or would walk every task on the host.
+fn probe_process_iter(prog: std::os::fd::BorrowedFd<'_>) -> Result<(), KernelError> {
+    let pid = std::process::id();
+    let no_scope = |e: std::io::Error| {
+        KernelError::Refused(format!(
+            "{ITER_PROGRAM}: the kernel cannot scope a task iterator to one process \
+             (bpf_iter_link_info.task, 6.1+): {e}"
+        ))
+    };
+    let link = sys::process_iter_link_create(prog, pid).map_err(no_scope)?;
+    let mut file = sys::iter_create(link.as_fd()).map_err(no_scope)?;
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf).map_err(no_scope)?;
+    let samples: Vec<ThreadSample> = thread_samples(&buf).collect();
+    if samples.is_empty() || samples.iter().any(|s| s.tgid != pid) {
+        return Err(KernelError::Refused(format!(
+            "{ITER_PROGRAM}: the iterator scoped to this process returned {} threads, not \
+             only this process's: the kernel ignores the scope",
+            samples.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The records of a task iterator's output.
+fn thread_samples(buf: &[u8]) -> impl Iterator<Item = ThreadSample> + '_ {
+    buf.chunks_exact(size_of::<ThreadSample>()).map(|chunk| {
+        // SAFETY: ThreadSample is plain-old-data of exactly this size; the buffer
+        // carries no alignment guarantee, hence read_unaligned.
+        unsafe { chunk.as_ptr().cast::<ThreadSample>().read_unaligned() }
+    })
 }
 
 fn dup_fd(fd: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd, KernelError> {

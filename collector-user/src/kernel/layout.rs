@@ -35,6 +35,8 @@ pub fn resolve(btf: &Btf, attribution: &Attribution) -> Result<KernelLayout, Btf
         signal_sum_sched_runtime: btf.member_offset("signal_struct", "sum_sched_runtime")?,
         signal_utime: btf.member_offset("signal_struct", "utime")?,
         signal_stime: btf.member_offset("signal_struct", "stime")?,
+        // `__state` since 5.14; `state` (a long: its low half is read) before.
+        task_state: task("__state").or_else(|_| task("state"))?,
         ..KernelLayout::default()
     };
     if let Some(controller) = &attribution.v1_controller {

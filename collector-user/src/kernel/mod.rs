@@ -2,6 +2,7 @@
 //! reading their output.
 pub mod accounting;
 pub mod btf;
+pub mod features;
 pub mod layout;
 pub mod pins;
 pub mod sys;
@@ -10,4 +11,5 @@ pub use accounting::{
     attach_empty_probe, AttachedPrograms, EmptyProbe, KernelAccounting, KernelError, KernelOptions,
     KernelStats, ProgramRunStats,
 };
+pub use features::{Feature, KernelFeatures, ThreadStateChoice, ThreadStateStore};
 pub use layout::Attribution;

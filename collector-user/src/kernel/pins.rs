@@ -91,9 +91,19 @@ pub fn ensure_bpffs(mount_point: &Path) -> Result<(), PinError> {
 impl PinDir {
     /// `root` is the daemon's own folder on bpffs, e.g. `/sys/fs/bpf/nomad-collector`.
     pub fn new(root: &Path) -> Self {
+        Self::for_build(root, "")
+    }
+
+    /// The pins of one build of the programs (`task-storage`, `thread-hash`): builds
+    /// keep threads' state in maps of different types, so each has its own folder.
+    pub fn for_build(root: &Path, build: &str) -> Self {
+        let name = match build {
+            "" => format!("v{LAYOUT_VERSION}"),
+            build => format!("v{LAYOUT_VERSION}-{build}"),
+        };
         Self {
             root: root.to_path_buf(),
-            dir: root.join(format!("v{LAYOUT_VERSION}")),
+            dir: root.join(name),
         }
     }
 

@@ -164,6 +164,16 @@ pub fn lookup_batch<K: Copy + Default, V: Copy + Default>(
 /// the daemon holds: unlike listing programs by id, this needs no capability, so it keeps
 /// working after the daemon drops its privileges.
 pub fn prog_run_stats(prog: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let info = prog_info(prog)?;
+    Ok((info.run_cnt, info.run_time_ns))
+}
+
+/// The id of the program behind a descriptor.
+pub fn prog_id(prog: BorrowedFd<'_>) -> io::Result<u32> {
+    Ok(prog_info(prog)?.id)
+}
+
+fn prog_info(prog: BorrowedFd<'_>) -> io::Result<aya_obj::generated::bpf_prog_info> {
     // SAFETY: bpf_prog_info is plain data; all-zero is its documented initial state.
     let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
     let mut attr = Attr::new();
@@ -171,5 +181,5 @@ pub fn prog_run_stats(prog: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     attr.put_u32(4, std::mem::size_of_val(&info) as u32); // info.info_len
     attr.put_u64(8, &raw mut info as u64); // info.info
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok((info.run_cnt, info.run_time_ns))
+    Ok(info)
 }

@@ -1,0 +1,73 @@
+//! The collector's kernel side for kernels whose tracing programs have no task storage
+//! and no `bpf_get_current_task_btf` (5.10): the same programs as `main.rs`, with each
+//! thread's state in a hash map keyed by task (see `store_hash`), and a checkpoint that
+//! reads the running task through `bpf_probe_read_kernel` (it runs once per CPU per
+//! interval, so the slower reads cost nothing that matters).
+#![no_std]
+#![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod account;
+mod iter;
+mod kernel;
+mod maps;
+mod store_hash;
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::generated::bpf_get_current_task,
+    macros::{btf_tracepoint, raw_tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext},
+};
+
+use crate::{
+    account::{account, account_switch},
+    kernel::{Direct, Probed, Task},
+    store_hash::HashStore,
+};
+
+/// Context switch: accounts the thread being switched out.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
+    // SAFETY: argument 1 of sched_switch is the task being switched out, a BTF pointer.
+    let prev = unsafe { Task::<Direct>::new(ctx.arg(1)) };
+    account_switch::<Direct, HashStore, _>(&ctx, prev);
+    0
+}
+
+/// See `main.rs`.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch_empty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+/// Accounts the thread running on this CPU (run by the daemon, not by an event).
+#[raw_tracepoint]
+pub fn checkpoint(ctx: RawTracePointContext) -> i32 {
+    // SAFETY: bpf_get_current_task returns the running task's address, read here only
+    // through bpf_probe_read_kernel.
+    let current = unsafe { Task::<Probed>::new(bpf_get_current_task() as *const u8) };
+    account::<Probed, HashStore, _>(&ctx, current, false);
+    0
+}
+
+/// See `main.rs`.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task")]
+fn process_threads(ctx: *mut c_void) -> i32 {
+    // SAFETY: the kernel calls an iter/task program with its bpf_iter__task context.
+    unsafe { iter::try_process_threads(ctx) };
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
