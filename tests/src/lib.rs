@@ -13,7 +13,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex, Once,
+        Arc, Mutex, Once, OnceLock,
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -27,9 +27,6 @@ macro_rules! burner {
         std::process::Command::new(env!("CARGO_BIN_EXE_burner"))
     };
 }
-
-pub const V1_ROOT: &str = "/sys/fs/cgroup";
-pub const V2_ROOT: &str = "/sys/fs/cgroup/unified";
 
 fn in_ci() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
@@ -80,10 +77,108 @@ pub fn uuid() -> String {
     )
 }
 
+/// The cgroup hierarchies this machine mounts, from `/proc/self/mountinfo`: the same
+/// test binary runs on the hybrid host (v1 controllers, cgroup2 beside them) and in the
+/// VMs (pure cgroup v2), and builds Nomad's layout for whichever it finds.
+#[derive(Debug)]
+pub struct Mounts {
+    /// v1 hierarchies: (controllers of the mount, mount point).
+    v1: Vec<(Vec<String>, PathBuf)>,
+    /// The cgroup2 mount, if any.
+    v2: Option<PathBuf>,
+}
+
+impl Mounts {
+    fn parse(mountinfo: &str) -> Mounts {
+        let mut mounts = Mounts {
+            v1: Vec::new(),
+            v2: None,
+        };
+        for line in mountinfo.lines() {
+            // `id parent dev root mountpoint opts [optional…] - fstype source superopts`
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let Some(point) = left.split(' ').nth(4) else {
+                continue;
+            };
+            let point = PathBuf::from(point.replace("\\040", " "));
+            let mut right = right.split(' ');
+            match (right.next(), right.nth(1)) {
+                (Some("cgroup2"), _) => {
+                    mounts.v2.get_or_insert(point);
+                }
+                (Some("cgroup"), Some(options)) => {
+                    let controllers = options
+                        .split(',')
+                        .filter(|o| !o.contains('=') && *o != "rw" && *o != "ro")
+                        .map(str::to_owned)
+                        .collect();
+                    mounts.v1.push((controllers, point));
+                }
+                _ => {}
+            }
+        }
+        mounts
+    }
+
+    /// The mount point of the v1 hierarchy holding `controller`.
+    fn v1_root(&self, controller: &str) -> Option<&Path> {
+        self.v1
+            .iter()
+            .find(|(controllers, _)| controllers.iter().any(|c| c == controller))
+            .map(|(_, point)| point.as_path())
+    }
+
+    /// Pure cgroup v2: no v1 hierarchy holds the controllers the tests measure with.
+    pub fn pure_v2(&self) -> bool {
+        ["cpu", "cpuacct", "memory"]
+            .iter()
+            .all(|c| self.v1_root(c).is_none())
+    }
+
+    /// Root of `hierarchy`: a v1 controller name, or `unified` for cgroup2.
+    fn root(&self, hierarchy: &str) -> PathBuf {
+        let root = if hierarchy == "unified" {
+            self.v2.as_deref()
+        } else {
+            self.v1_root(hierarchy)
+        };
+        root.unwrap_or_else(|| panic!("no {hierarchy} cgroup hierarchy is mounted: {self:?}"))
+            .to_path_buf()
+    }
+}
+
+/// This machine's cgroup mounts, read once.
+pub fn mounts() -> &'static Mounts {
+    static MOUNTS: OnceLock<Mounts> = OnceLock::new();
+    MOUNTS.get_or_init(|| {
+        Mounts::parse(
+            &fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo"),
+        )
+    })
+}
+
+/// Which of Nomad's cgroup layouts a task cgroup follows (spec: nomad-compat.md §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nomad {
+    /// 1.7+: v1 `<controller>/nomad/<alloc>.<task>`, v2
+    /// `nomad.slice/share.slice/<alloc>.<task>.scope`.
+    Current,
+    /// 1.3–1.6 on cgroup v2: `nomad.slice/<alloc>.<task>.scope`.
+    LegacyV2,
+}
+
+/// The v1 controllers Nomad gives a task and the tests read.
+const NOMAD_V1: &[&str] = &["cpu", "cpuacct", "memory"];
+
+/// The v2 controllers Nomad enables down to a task's scope.
+const NOMAD_V2_CONTROLLERS: &[&str] = &["cpu", "memory", "pids"];
+
 /// A cgroup made of one directory per hierarchy (e.g. `cpu`, `cpuacct`, `memory` at the
-/// same relative path, as Nomad does on cgroup v1). Dropping it kills every process in
-/// it, removes the directories, and removes every parent directory this test process
-/// created that is empty by then.
+/// same relative path, as Nomad does on cgroup v1), or of one cgroup2 directory. Dropping
+/// it kills every process in it, removes the directories, and removes every parent
+/// directory this test process created that is empty by then.
 pub struct Cgroup {
     /// (hierarchy name, absolute directory); `unified` for cgroup v2.
     dirs: Vec<(String, PathBuf)>,
@@ -106,21 +201,39 @@ fn remove_empty_created_parents() {
     }
 }
 
-fn hierarchy_root(hierarchy: &str) -> PathBuf {
-    if hierarchy == "unified" {
-        PathBuf::from(V2_ROOT)
-    } else {
-        Path::new(V1_ROOT).join(hierarchy)
+/// Enables the wanted controllers that `dir`'s hierarchy offers in `dir`'s
+/// `cgroup.subtree_control`, so that its children get their interface files (`cpu.max`,
+/// `memory.current`, …). On the hybrid host the cgroup2 mount offers none: nothing to do.
+fn enable_v2_controllers(dir: &Path) {
+    let offered = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+    let wanted: Vec<String> = NOMAD_V2_CONTROLLERS
+        .iter()
+        .filter(|c| offered.split_whitespace().any(|o| o == **c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if wanted.is_empty() {
+        return;
     }
+    let file = dir.join("cgroup.subtree_control");
+    fs::write(&file, wanted.join(" "))
+        .unwrap_or_else(|e| panic!("write {:?} to {}: {e}", wanted, file.display()));
 }
 
 impl Cgroup {
     /// Creates `<hierarchy>/<rel>` in each hierarchy (`cpu`, `memory`, …, or `unified`).
+    /// On cgroup2 the controllers Nomad uses are enabled down the path, from the root.
     pub fn create(hierarchies: &[&str], rel: &str) -> Cgroup {
         let mut cgroup = Cgroup { dirs: Vec::new() };
         for hierarchy in hierarchies {
-            let root = hierarchy_root(hierarchy);
+            let root = mounts().root(hierarchy);
             let dir = root.join(rel);
+            // Co-mounted controllers (`cpu,cpuacct`) share one directory.
+            if let Some((_, same)) = cgroup.dirs.iter().find(|(_, d)| *d == dir) {
+                let same = same.clone();
+                cgroup.dirs.push((hierarchy.to_string(), same));
+                continue;
+            }
+            let v2 = *hierarchy == "unified";
             let mut missing = Vec::new();
             let mut p = dir.parent();
             while let Some(parent) = p {
@@ -130,6 +243,24 @@ impl Cgroup {
                 missing.push(parent.to_path_buf());
                 p = parent.parent();
             }
+            if v2 {
+                // The root's controllers are left enabled at the end: a pure-v2 machine
+                // (systemd's, a test VM) runs with them enabled anyway.
+                let mut p = dir.parent();
+                let mut existing = Vec::new();
+                while let Some(parent) = p {
+                    if !missing.iter().any(|m| m == parent) {
+                        existing.push(parent.to_path_buf());
+                    }
+                    if parent == root {
+                        break;
+                    }
+                    p = parent.parent();
+                }
+                for parent in existing.iter().rev() {
+                    enable_v2_controllers(parent);
+                }
+            }
             for parent in missing.iter().rev() {
                 fs::create_dir(parent)
                     .unwrap_or_else(|e| panic!("mkdir {}: {e}", parent.display()));
@@ -137,11 +268,48 @@ impl Cgroup {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(parent.clone());
+                if v2 {
+                    enable_v2_controllers(parent);
+                }
             }
             fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
             cgroup.dirs.push((hierarchy.to_string(), dir));
         }
         cgroup
+    }
+
+    /// A Nomad 1.7+ task cgroup for `<alloc>.<task>` in this machine's layout: v1
+    /// `cpu`, `cpuacct` and `memory` directories under `nomad/` where v1 controllers are
+    /// mounted, else a `nomad.slice/share.slice` scope with `cpu`, `memory` and `pids`.
+    pub fn task(alloc: &str, task: &str) -> Cgroup {
+        Self::nomad(Nomad::Current, alloc, task)
+    }
+
+    /// A task cgroup in the given Nomad layout. [`Nomad::LegacyV2`] is a cgroup2 layout
+    /// and is made on the cgroup2 mount whatever else is mounted.
+    pub fn nomad(layout: Nomad, alloc: &str, task: &str) -> Cgroup {
+        match layout {
+            Nomad::Current if !mounts().pure_v2() => {
+                Self::create(NOMAD_V1, &format!("nomad/{alloc}.{task}"))
+            }
+            Nomad::Current => Self::create(
+                &["unified"],
+                &format!("nomad.slice/share.slice/{alloc}.{task}.scope"),
+            ),
+            Nomad::LegacyV2 => {
+                Self::create(&["unified"], &format!("nomad.slice/{alloc}.{task}.scope"))
+            }
+        }
+    }
+
+    /// A cgroup outside Nomad's layout at `rel` (`cpuacct` and `memory` on v1, the
+    /// cgroup2 hierarchy on pure v2), for tests that name cgroups themselves.
+    pub fn outside_nomad(rel: &str) -> Cgroup {
+        if mounts().pure_v2() {
+            Self::create(&["unified"], rel)
+        } else {
+            Self::create(&["cpuacct", "memory"], rel)
+        }
     }
 
     pub fn path(&self, hierarchy: &str) -> &Path {
@@ -153,9 +321,29 @@ impl Cgroup {
             .1
     }
 
+    /// The hierarchy whose counter is the truth for this cgroup's CPU: `cpuacct` on v1,
+    /// else cgroup2.
+    fn cpu_hierarchy(&self) -> &str {
+        if self.dirs.iter().any(|(h, _)| h == "cpuacct") {
+            "cpuacct"
+        } else {
+            "unified"
+        }
+    }
+
+    /// The directory CPU is accounted in (see [`Cgroup::cpu_usage_ns`]).
+    pub fn cpu_path(&self) -> &Path {
+        self.path(self.cpu_hierarchy())
+    }
+
     /// The cgroup id the kernel uses: the directory's inode number.
     pub fn id(&self, hierarchy: &str) -> u64 {
         fs::metadata(self.path(hierarchy)).unwrap().ino()
+    }
+
+    /// The id of the directory CPU is accounted in.
+    pub fn cpu_id(&self) -> u64 {
+        self.id(self.cpu_hierarchy())
     }
 
     pub fn write(&self, hierarchy: &str, file: &str, value: &str) {
@@ -168,13 +356,80 @@ impl Cgroup {
         fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
     }
 
-    /// The cgroup's own CPU counter, `cpuacct.usage` (ns): the truth the tests compare the
-    /// daemon's figures with.
-    pub fn cpuacct_usage(&self) -> u64 {
-        self.read("cpuacct", "cpuacct.usage")
-            .trim()
-            .parse()
-            .unwrap()
+    /// The cgroup's own CPU counter (ns): `cpuacct.usage` on v1, `cpu.stat`
+    /// `usage_usec` on v2. The truth the tests compare the daemon's figures with.
+    pub fn cpu_usage_ns(&self) -> u64 {
+        match self.cpu_hierarchy() {
+            "cpuacct" => self
+                .read("cpuacct", "cpuacct.usage")
+                .trim()
+                .parse()
+                .unwrap(),
+            _ => self.stat("unified", "cpu.stat", "usage_usec") * 1000,
+        }
+    }
+
+    /// Limits the cgroup to `quota_us` of CPU every `period_us`: `cpu.cfs_quota_us` and
+    /// `cpu.cfs_period_us` on v1, `cpu.max` on v2.
+    pub fn set_cpu_quota(&self, quota_us: u64, period_us: u64) {
+        if self.dirs.iter().any(|(h, _)| h == "cpu") {
+            self.write("cpu", "cpu.cfs_period_us", &period_us.to_string());
+            self.write("cpu", "cpu.cfs_quota_us", &quota_us.to_string());
+        } else {
+            self.write("unified", "cpu.max", &format!("{quota_us} {period_us}"));
+        }
+    }
+
+    /// Whether this cgroup's memory is accounted on cgroup v2.
+    pub fn memory_is_v2(&self) -> bool {
+        !self.dirs.iter().any(|(h, _)| h == "memory")
+    }
+
+    /// Whether the memory files include a peak (`memory.max_usage_in_bytes` on v1,
+    /// `memory.peak` on v2, which kernels before 5.19 do not have).
+    pub fn has_memory_peak(&self) -> bool {
+        if self.memory_is_v2() {
+            self.path("unified").join("memory.peak").exists()
+        } else {
+            self.path("memory")
+                .join("memory.max_usage_in_bytes")
+                .exists()
+        }
+    }
+
+    /// The cgroup's own memory figures, in bytes: (anonymous resident memory, usage):
+    /// `memory.stat` `total_rss` and `memory.usage_in_bytes` on v1, `memory.stat` `anon`
+    /// and `memory.current` on v2.
+    pub fn memory_truth(&self) -> (u64, u64) {
+        if self.memory_is_v2() {
+            let usage = self
+                .read("unified", "memory.current")
+                .trim()
+                .parse()
+                .unwrap();
+            (self.stat("unified", "memory.stat", "anon"), usage)
+        } else {
+            let usage = self
+                .read("memory", "memory.usage_in_bytes")
+                .trim()
+                .parse()
+                .unwrap();
+            (self.stat("memory", "memory.stat", "total_rss"), usage)
+        }
+    }
+
+    /// Moves process `pid` into every directory of this cgroup.
+    pub fn move_in(&self, pid: u32) {
+        let mut seen: Vec<&Path> = Vec::new();
+        for (_, dir) in &self.dirs {
+            if seen.contains(&dir.as_path()) {
+                continue;
+            }
+            seen.push(dir);
+            let file = dir.join("cgroup.procs");
+            fs::write(&file, pid.to_string())
+                .unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
+        }
     }
 
     /// A `key value` line of a flat-keyed file such as `cpu.stat`.
@@ -199,13 +454,14 @@ impl Cgroup {
     /// Starts `cmd` with the child already in every directory of this cgroup before it
     /// executes its first instruction.
     pub fn spawn(&self, cmd: &mut Command) -> ChildGuard {
-        let procs_files: Vec<CString> = self
+        let mut procs_files: Vec<CString> = self
             .dirs
             .iter()
             .map(|(_, d)| {
                 CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes()).unwrap()
             })
             .collect();
+        procs_files.dedup();
         // SAFETY: the closure only calls async-signal-safe libc functions on data
         // prepared before fork.
         unsafe {
@@ -574,6 +830,14 @@ impl Daemon {
         unsafe { libc::kill(self.pid() as i32, signal) };
     }
 
+    /// Kills the daemon with SIGKILL (no clean-up of its own) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops the daemon with SIGTERM and returns whether it exited cleanly in time.
     pub fn stop(&mut self) -> bool {
         let Some(mut child) = self.child.take() else {
@@ -695,7 +959,7 @@ pub fn programs_named(name: &str) -> Vec<u32> {
 }
 
 /// A task's `Percent` averaged over `readings` consecutive snapshots, and the true CPU
-/// rate of its cgroup (`cpuacct.usage`) over the same window, in percent of one core.
+/// rate of its cgroup ([`Cgroup::cpu_usage_ns`]) over the same window, in percent of one core.
 /// Comparing the two holds on a busy machine, where "a busy loop reads 100%" does not.
 pub fn percent_and_truth(
     daemon: &Daemon,
@@ -704,7 +968,7 @@ pub fn percent_and_truth(
     cgroup: &Cgroup,
     readings: usize,
 ) -> (f64, f64) {
-    let usage = || cgroup.cpuacct_usage();
+    let usage = || cgroup.cpu_usage_ns();
     let path = format!("/v1/client/allocation/{alloc}/stats");
     // (snapshot timestamp, Percent) of the next snapshot newer than `after`.
     let next = |after: i64| -> (i64, f64) {

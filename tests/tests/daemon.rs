@@ -3,10 +3,9 @@
 
 use std::{thread, time::Duration};
 
-use integration_tests::{burner, eventually, privileged, uuid, Cgroup, ConfigFile, Daemon};
+use integration_tests::{burner, eventually, privileged, uuid, Cgroup, ConfigFile, Daemon, Nomad};
 use serde_json::Value;
 
-const V1: &[&str] = &["cpu", "cpuacct", "memory"];
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// A fresh daemon with a short interval and no pins (nothing survives the test).
@@ -77,9 +76,9 @@ fn percent_is_one_core_per_busy_thread_and_zero_when_asleep() {
         return;
     }
     let alloc = uuid();
-    let busy = Cgroup::create(V1, &format!("nomad/{alloc}.busy"));
-    let asleep = Cgroup::create(V1, &format!("nomad/{alloc}.asleep"));
-    let two = Cgroup::create(V1, &format!("nomad/{alloc}.two.threads"));
+    let busy = Cgroup::task(&alloc, "busy");
+    let asleep = Cgroup::task(&alloc, "asleep");
+    let two = Cgroup::task(&alloc, "two.threads");
     let daemon = daemon(&[]);
     // This machine has two cores: one busy thread at a time, then the two-thread
     // process alone.
@@ -115,7 +114,7 @@ fn processes_are_collected_while_someone_asks_and_not_otherwise() {
         return;
     }
     let alloc = uuid();
-    let cgroup = Cgroup::create(V1, &format!("nomad/{alloc}.web"));
+    let cgroup = Cgroup::task(&alloc, "web");
     let child = cgroup.spawn(burner!().args(["sleep", "60"]));
     let config = ConfigFile::new("detail_for = \"3s\"\n");
     let daemon = daemon(&["--config", config.arg()]);
@@ -170,7 +169,7 @@ fn memory_of_allocations_no_one_asks_about_is_refreshed() {
         return;
     }
     let alloc = uuid();
-    let cgroup = Cgroup::create(V1, &format!("nomad/{alloc}.hold"));
+    let cgroup = Cgroup::task(&alloc, "hold");
     let _first = cgroup.spawn(burner!().args(["hold", "20", "60"]));
     let config = ConfigFile::new("cgroup_refresh = \"2s\"\n");
     let daemon = daemon(&["--config", config.arg()]);
@@ -209,7 +208,7 @@ fn memory_of_a_task_holding_200_mib() {
         return;
     }
     let alloc = uuid();
-    let cgroup = Cgroup::create(V1, &format!("nomad/{alloc}.hold"));
+    let cgroup = Cgroup::task(&alloc, "hold");
     let holder = cgroup.spawn(burner!().args(["hold", "200", "60"]));
     let daemon = daemon(&[]);
     let read =
@@ -222,8 +221,28 @@ fn memory_of_a_task_holding_200_mib() {
         rss / MIB
     );
     assert!(read(&v, "Usage") >= read(&v, "RSS"), "Usage < RSS: {v}");
+    // Against the cgroup's own files, read right after the same snapshot: the holder
+    // touched its memory once and sleeps, so they barely move.
+    let (true_rss, true_usage) = cgroup.memory_truth();
+    let within_5_percent = |what: &str, got: f64, truth: u64| {
+        let truth = truth as f64;
+        assert!(
+            (got - truth).abs() <= truth * 0.05,
+            "{what}: the daemon says {:.1} MiB, the cgroup {:.1} MiB",
+            got / MIB,
+            truth / MIB
+        );
+    };
+    within_5_percent("RSS", read(&v, "RSS"), true_rss);
+    within_5_percent("Usage", read(&v, "Usage"), true_usage);
     let measured = &v["Tasks"]["hold"]["ResourceUsage"]["MemoryStats"]["Measured"];
-    for name in ["RSS", "Cache", "Usage", "Max Usage"] {
+    // A peak is measured where the kernel keeps one (cgroup v2's `memory.peak` came in
+    // 5.19); the spec lists it only then.
+    let mut expected = vec!["RSS", "Cache", "Usage"];
+    if cgroup.has_memory_peak() {
+        expected.push("Max Usage");
+    }
+    for name in expected {
         assert!(
             measured.as_array().unwrap().iter().any(|m| m == name),
             "{name} not in {measured}"
@@ -246,9 +265,8 @@ fn a_half_core_quota_reads_50_percent_and_throttles() {
         return;
     }
     let alloc = uuid();
-    let cgroup = Cgroup::create(V1, &format!("nomad/{alloc}.quota"));
-    cgroup.write("cpu", "cpu.cfs_period_us", "100000");
-    cgroup.write("cpu", "cpu.cfs_quota_us", "50000");
+    let cgroup = Cgroup::task(&alloc, "quota");
+    cgroup.set_cpu_quota(50_000, 100_000);
     let _spin = cgroup.spawn(burner!().args(["spin", "1", "60"]));
     let daemon = daemon(&[]);
     let cpu = |v: &Value, what: &str| f(v, &["Tasks", "quota", "ResourceUsage", "CpuStats", what]);
@@ -285,7 +303,7 @@ fn children_shorter_than_an_interval_are_counted() {
         return;
     }
     let alloc = uuid();
-    let cgroup = Cgroup::create(V1, &format!("nomad/{alloc}.churn"));
+    let cgroup = Cgroup::task(&alloc, "churn");
     let daemon = daemon(&[]);
     // A parent that starts children one after another, each burning 10 ms and exiting:
     // most are born and gone between two samples.
@@ -310,10 +328,10 @@ fn allocations_appear_and_disappear_with_their_cgroups() {
     }
     // Nomad's parent exists before the daemon starts, as on a client that already runs
     // allocations; the allocation comes later.
-    let earlier = Cgroup::create(V1, &format!("nomad/{}.earlier", uuid()));
+    let earlier = Cgroup::task(&uuid(), "earlier");
     let daemon = daemon(&[]);
     let alloc = uuid();
-    let cgroup = Cgroup::create(V1, &format!("nomad/{alloc}.late"));
+    let cgroup = Cgroup::task(&alloc, "late");
     let _child = cgroup.spawn(burner!().args(["sleep", "60"]));
     eventually(Duration::from_secs(3), || stats(&daemon, &alloc))
         .expect("an allocation created after start-up appears within a few intervals");
@@ -353,6 +371,9 @@ fn cgroup2_membership_is_attributed_by_cgroup2_id() {
         &["unified"],
         &format!("nomad.slice/share.slice/{alloc}.web.scope"),
     );
+    let legacy_alloc = uuid();
+    let legacy = Cgroup::nomad(Nomad::LegacyV2, &legacy_alloc, "api");
+    let sleeper = legacy.spawn(burner!().args(["sleep", "60"]));
     let spin = cgroup.spawn(burner!().args(["spin", "1", "60"]));
     let daemon = daemon(&[]);
     let task = settle(&daemon, &alloc, 5, |v| {
@@ -363,6 +384,15 @@ fn cgroup2_membership_is_attributed_by_cgroup2_id() {
     assert!(
         v["Tasks"]["web"]["Pids"]
             .get(spin.pid().to_string())
+            .is_some(),
+        "{v}"
+    );
+    // Nomad 1.3–1.6 put v2 task scopes right under nomad.slice.
+    let v = eventually(Duration::from_secs(10), || stats(&daemon, &legacy_alloc))
+        .expect("a task in Nomad 1.3-1.6's cgroup2 layout is found");
+    assert!(
+        v["Tasks"]["api"]["Pids"]
+            .get(sleeper.pid().to_string())
             .is_some(),
         "{v}"
     );
@@ -410,8 +440,8 @@ fn stats_have_nomads_shape_and_consistent_sums() {
         return;
     }
     let alloc = uuid();
-    let web = Cgroup::create(V1, &format!("nomad/{alloc}.web"));
-    let side = Cgroup::create(V1, &format!("nomad/{alloc}.side.car"));
+    let web = Cgroup::task(&alloc, "web");
+    let side = Cgroup::task(&alloc, "side.car");
     let a = web.spawn(burner!().args(["spin", "1", "60"]));
     let b = web.spawn(burner!().args(["hold", "20", "60"]));
     let c = side.spawn(burner!().args(["spin", "1", "60"]));
@@ -487,7 +517,7 @@ fn hostile_requests_get_4xx_and_the_daemon_keeps_serving() {
         return;
     }
     let alloc = uuid();
-    let cgroup = Cgroup::create(V1, &format!("nomad/{alloc}.web"));
+    let cgroup = Cgroup::task(&alloc, "web");
     let _spin = cgroup.spawn(burner!().args(["spin", "1", "60"]));
     let daemon = daemon(&[]);
     settle(&daemon, &alloc, 1, |_| 0.0);

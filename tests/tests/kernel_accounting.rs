@@ -5,7 +5,7 @@ use std::{thread, time::Duration};
 
 use collector_common::{sample_flags, ThreadSample, TrackedCgroup};
 use collector_user::kernel::{Attribution, KernelAccounting, KernelOptions};
-use integration_tests::{burner, ebpf_or_skip, privileged, schedstat_ns, uuid, Cgroup};
+use integration_tests::{burner, ebpf_or_skip, mounts, privileged, schedstat_ns, uuid, Cgroup};
 
 fn load(test: &str) -> Option<KernelAccounting> {
     if !privileged(test) {
@@ -14,8 +14,10 @@ fn load(test: &str) -> Option<KernelAccounting> {
     ebpf_or_skip(
         test,
         KernelAccounting::load(&KernelOptions {
+            // As the daemon's `auto`: by the cpuacct hierarchy where v1 controllers are
+            // mounted, by cgroup2 ids always.
             attribution: Attribution {
-                v1_controller: Some("cpuacct".to_owned()),
+                v1_controller: (!mounts().pure_v2()).then(|| "cpuacct".to_owned()),
                 v2: true,
             },
             max_tracked_cgroups: 1024,
@@ -127,9 +129,9 @@ fn process_and_cgroup_totals_match_the_kernels_own_counters() {
     let Some(mut kernel) = load("process_and_cgroup_totals_match_the_kernels_own_counters") else {
         return;
     };
-    let cgroup = Cgroup::create(&["cpuacct"], &format!("collector-test/{}", uuid()));
-    track(&mut kernel, cgroup.id("cpuacct"), 3, monotonic_ns());
-    let usage_before = cgroup.cpuacct_usage();
+    let cgroup = Cgroup::outside_nomad(&format!("collector-test/{}", uuid()));
+    track(&mut kernel, cgroup.cpu_id(), 3, monotonic_ns());
+    let usage_before = cgroup.cpu_usage_ns();
     // Two busy threads for long enough to accumulate a couple of CPU-seconds.
     let child = cgroup.spawn(burner!().args(["spin", "2", "30"]));
     thread::sleep(Duration::from_millis(1500));
@@ -149,10 +151,10 @@ fn process_and_cgroup_totals_match_the_kernels_own_counters() {
     );
     // The cgroup counter, built at context switches, against the cgroup's own counter.
     let counted = slot_run_ns(&mut kernel, 3);
-    let truth = cgroup.cpuacct_usage() - usage_before;
+    let truth = cgroup.cpu_usage_ns() - usage_before;
     assert!(
         relative_error(counted, truth) < 0.01,
-        "cgroup: sched_switch accounting {counted} ns vs cpuacct.usage delta {truth} ns"
+        "cgroup: sched_switch accounting {counted} ns vs the cgroup's own usage delta {truth} ns"
     );
 }
 
@@ -161,8 +163,8 @@ fn a_thread_that_never_switches_out_is_counted_up_to_now() {
     let Some(mut kernel) = load("a_thread_that_never_switches_out_is_counted_up_to_now") else {
         return;
     };
-    let cgroup = Cgroup::create(&["cpuacct"], &format!("collector-test/{}", uuid()));
-    track(&mut kernel, cgroup.id("cpuacct"), 0, monotonic_ns());
+    let cgroup = Cgroup::outside_nomad(&format!("collector-test/{}", uuid()));
+    track(&mut kernel, cgroup.cpu_id(), 0, monotonic_ns());
     let child = cgroup.spawn(burner!().args(["spin", "1", "30"]));
     for _ in 0..5 {
         thread::sleep(Duration::from_millis(400));
@@ -183,22 +185,22 @@ fn short_lived_children_are_all_counted() {
     let Some(mut kernel) = load("short_lived_children_are_all_counted") else {
         return;
     };
-    let cgroup = Cgroup::create(&["cpuacct"], &format!("collector-test/{}", uuid()));
-    track(&mut kernel, cgroup.id("cpuacct"), 0, monotonic_ns());
-    let usage_before = cgroup.cpuacct_usage();
+    let cgroup = Cgroup::outside_nomad(&format!("collector-test/{}", uuid()));
+    track(&mut kernel, cgroup.cpu_id(), 0, monotonic_ns());
+    let usage_before = cgroup.cpu_usage_ns();
     let exits_before = kernel.stats().exits_folded;
     // 100 children of ~10 ms CPU each, all shorter than one collection interval.
     let parent = cgroup.spawn(burner!().args(["churn", "100", "10"]));
     assert!(parent.wait(), "churn workload failed");
     let counted = slot_run_ns(&mut kernel, 0);
-    let truth = cgroup.cpuacct_usage() - usage_before;
+    let truth = cgroup.cpu_usage_ns() - usage_before;
     assert!(
         truth >= 900_000_000,
         "the children ran about 1 s of CPU: {truth} ns"
     );
     assert!(
         relative_error(counted, truth) < 0.10,
-        "attributed {counted} ns vs cpuacct.usage delta {truth} ns"
+        "attributed {counted} ns vs the cgroup's own usage delta {truth} ns"
     );
     assert!(
         kernel.stats().exits_folded - exits_before >= 100,
@@ -211,15 +213,15 @@ fn a_thread_that_moves_is_counted_where_it_runs() {
     let Some(mut kernel) = load("a_thread_that_moves_is_counted_where_it_runs") else {
         return;
     };
-    let from = Cgroup::create(&["cpuacct"], &format!("collector-test/{}", uuid()));
-    let to = Cgroup::create(&["cpuacct"], &format!("collector-test/{}", uuid()));
+    let from = Cgroup::outside_nomad(&format!("collector-test/{}", uuid()));
+    let to = Cgroup::outside_nomad(&format!("collector-test/{}", uuid()));
     let since = monotonic_ns();
-    track(&mut kernel, from.id("cpuacct"), 0, since);
-    track(&mut kernel, to.id("cpuacct"), 1, since);
+    track(&mut kernel, from.cpu_id(), 0, since);
+    track(&mut kernel, to.cpu_id(), 1, since);
     let child = from.spawn(burner!().args(["spin", "1", "30"]));
     thread::sleep(Duration::from_millis(600));
     let before_move = slot_run_ns(&mut kernel, 0);
-    to.write("cpuacct", "cgroup.procs", &child.pid().to_string());
+    to.move_in(child.pid());
     thread::sleep(Duration::from_millis(600));
     let in_from = slot_run_ns(&mut kernel, 0);
     let in_to = slot_run_ns(&mut kernel, 1);
@@ -244,8 +246,8 @@ fn a_reused_pid_starts_from_zero() {
     let Some(mut kernel) = load("a_reused_pid_starts_from_zero") else {
         return;
     };
-    let cgroup = Cgroup::create(&["cpuacct"], &format!("collector-test/{}", uuid()));
-    track(&mut kernel, cgroup.id("cpuacct"), 0, monotonic_ns());
+    let cgroup = Cgroup::outside_nomad(&format!("collector-test/{}", uuid()));
+    track(&mut kernel, cgroup.cpu_id(), 0, monotonic_ns());
     let first = cgroup.spawn(burner!().args(["spin", "1", "1"]));
     let pid = first.pid();
     assert!(first.wait());

@@ -17,8 +17,6 @@ use integration_tests::{
 };
 use serde_json::Value;
 
-const V1: &[&str] = &["cpu", "cpuacct", "memory"];
-
 fn stats(daemon: &Daemon, alloc: &str) -> Option<Value> {
     let (status, body) = daemon.get(&format!("/v1/client/allocation/{alloc}/stats"));
     (status == 200).then(|| serde_json::from_str(&body).expect("JSON"))
@@ -44,14 +42,33 @@ fn wait_cycles(daemon: &Daemon, cycles: f64) {
     .expect("the daemon keeps cycling");
 }
 
+/// How the first daemon of a restart test goes away.
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    /// SIGTERM: a clean stop that leaves the pins for the next start.
+    Clean,
+    /// SIGKILL: no chance to do anything; the pins alone carry the state.
+    Killed,
+}
+
 #[test]
 fn a_restart_loses_no_cpu_time() {
-    if !privileged("a_restart_loses_no_cpu_time") {
-        return;
+    if privileged("a_restart_loses_no_cpu_time") {
+        restart_loses_no_cpu_time(Stop::Clean);
     }
+}
+
+#[test]
+fn a_sigkilled_daemon_loses_no_cpu_time() {
+    if privileged("a_sigkilled_daemon_loses_no_cpu_time") {
+        restart_loses_no_cpu_time(Stop::Killed);
+    }
+}
+
+fn restart_loses_no_cpu_time(how: Stop) {
     let pins = Pins::new();
     let alloc = uuid();
-    let cgroup = Cgroup::create(V1, &format!("nomad/{alloc}.work"));
+    let cgroup = Cgroup::task(&alloc, "work");
     let spinner = cgroup.spawn(burner!().args(["spin", "1", "120"]));
     let args = ["--interval", "500ms", "--pin-root", pins.root.as_str()];
     let mut first = Daemon::start(&args);
@@ -62,13 +79,16 @@ fn a_restart_loses_no_cpu_time() {
     stop_process(spinner.pid(), libc::SIGSTOP);
     wait_cycles(&first, 2.0);
     let before = first.task_cpu_total_ns(&alloc, "work").unwrap();
-    let usage_before = cgroup.cpuacct_usage();
+    let usage_before = cgroup.cpu_usage_ns();
     assert!(
         before > 1_000_000_000,
         "counted {before} ns before the restart"
     );
     let program = programs_named("sched_switch");
-    assert!(first.stop(), "clean stop");
+    match how {
+        Stop::Clean => assert!(first.stop(), "clean stop"),
+        Stop::Killed => first.kill(),
+    }
     assert_eq!(
         programs_named("sched_switch"),
         program,
@@ -92,7 +112,7 @@ fn a_restart_loses_no_cpu_time() {
     );
     wait_cycles(&second, 2.0);
     let after = second.task_cpu_total_ns(&alloc, "work").unwrap();
-    let usage_after = cgroup.cpuacct_usage();
+    let usage_after = cgroup.cpu_usage_ns();
     let counted = after - before;
     let truth = usage_after - usage_before;
     assert!(
@@ -177,7 +197,7 @@ fn a_full_map_is_counted_and_nobody_gets_anothers_figures() {
     let alloc = uuid();
     let tiny = ConfigFile::new("interval = \"500ms\"\n[ebpf]\nmax_tracked_cgroups = 2\n");
     let groups: Vec<Cgroup> = (0..4)
-        .map(|i| Cgroup::create(V1, &format!("nomad/{alloc}.t{i}")))
+        .map(|i| Cgroup::task(&alloc, &format!("t{i}")))
         .collect();
     let busy = groups[0].spawn(burner!().args(["spin", "1", "60"]));
     let sleepers: Vec<_> = groups[1..]
@@ -236,7 +256,7 @@ fn a_reused_pid_starts_from_zero_in_the_api() {
         return;
     }
     let alloc = uuid();
-    let cgroup = Cgroup::create(V1, &format!("nomad/{alloc}.reuse"));
+    let cgroup = Cgroup::task(&alloc, "reuse");
     let daemon = Daemon::start(&["--interval", "500ms", "--no-pin"]);
     let busy = cgroup.spawn(burner!().args(["spin", "1", "3"]));
     let pid = busy.pid();
@@ -321,7 +341,7 @@ fn vanishing_processes_and_cgroups_never_cause_errors() {
     while Instant::now() < deadline {
         let alloc = uuid();
         *current.lock().unwrap() = alloc.clone();
-        let cgroup = Cgroup::create(V1, &format!("nomad/{alloc}.flash"));
+        let cgroup = Cgroup::task(&alloc, "flash");
         let children: Vec<_> = (0..3)
             .map(|_| cgroup.spawn(burner!().args(["churn", "3", "5"])))
             .collect();
@@ -354,7 +374,7 @@ fn without_privileges_it_falls_back_to_proc_and_says_so() {
         return;
     }
     let alloc = uuid();
-    let cgroup = Cgroup::create(V1, &format!("nomad/{alloc}.web"));
+    let cgroup = Cgroup::task(&alloc, "web");
     let spin = cgroup.spawn(burner!().args(["spin", "1", "60"]));
     // nobody: no CAP_BPF, no CAP_SYS_ADMIN; eBPF cannot load.
     let daemon = Daemon::start_as(Some(65534), &["--interval", "500ms"]);
@@ -400,7 +420,7 @@ fn after_start_up_no_capability_is_left_and_the_user_can_change() {
         return;
     }
     let alloc = uuid();
-    let cgroup = Cgroup::create(V1, &format!("nomad/{alloc}.web"));
+    let cgroup = Cgroup::task(&alloc, "web");
     let _spin = cgroup.spawn(burner!().args(["spin", "1", "60"]));
     let config = ConfigFile::new("interval = \"500ms\"\n[security]\nuser = \"nobody\"\n");
     let daemon = Daemon::start(&["--config", config.arg(), "--no-pin"]);
@@ -468,18 +488,12 @@ fn sighup_reloads_and_rejects_a_bad_configuration() {
     }
     let (alloc, other) = (uuid(), uuid());
     // Outside Nomad's layout: found only because the configuration names it.
-    let cgroup = Cgroup::create(
-        &["cpuacct", "memory"],
-        &format!("collector-test-static/{alloc}"),
-    );
-    let second = Cgroup::create(
-        &["cpuacct", "memory"],
-        &format!("collector-test-static/{other}"),
-    );
+    let cgroup = Cgroup::outside_nomad(&format!("collector-test-static/{alloc}"));
+    let second = Cgroup::outside_nomad(&format!("collector-test-static/{other}"));
     let _spin = cgroup.spawn(burner!().args(["spin", "1", "60"]));
     let _sleep = second.spawn(burner!().args(["sleep", "60"]));
-    let path = cgroup.path("cpuacct").to_str().unwrap().to_owned();
-    let path2 = second.path("memory").to_str().unwrap().to_owned();
+    let path = cgroup.cpu_path().to_str().unwrap().to_owned();
+    let path2 = second.cpu_path().to_str().unwrap().to_owned();
     let (one, two) = ("token-one-1234567", "token-two-7654321");
     let config = ConfigFile::new(&reload_config(one, &alloc, &path, ""));
     let daemon = Daemon::start(&["--config", config.arg(), "--no-pin"]);
@@ -577,7 +591,7 @@ fn two_hundred_concurrent_clients_get_answers_while_collecting_a_thousand_proces
     }
     let alloc = uuid();
     let groups: Vec<Cgroup> = (0..100)
-        .map(|i| Cgroup::create(V1, &format!("nomad/{alloc}.t{i}")))
+        .map(|i| Cgroup::task(&alloc, &format!("t{i}")))
         .collect();
     let _load: Vec<_> = groups
         .iter()
@@ -669,7 +683,7 @@ fn churn_loses_no_cpu_and_leaves_nothing_behind() {
     const CHILD_CPU_MS: u64 = 3;
     const RSS_GROWTH_BOUND: u64 = 4 << 20;
     let alloc = uuid();
-    let cgroup = Cgroup::create(V1, &format!("nomad/{alloc}.churn"));
+    let cgroup = Cgroup::task(&alloc, "churn");
     // A resident process, so that the sampled processes return to one rather than to
     // none (which an empty task would give whatever the daemon kept).
     let _resident = cgroup.spawn(burner!().args(["sleep", "300"]));
@@ -689,7 +703,7 @@ fn churn_loses_no_cpu_and_leaves_nothing_behind() {
     );
     let rss_start = vm_rss_bytes(daemon.pid());
     let total_before = daemon.task_cpu_total_ns(&alloc, "churn").unwrap();
-    let usage_before = cgroup.cpuacct_usage();
+    let usage_before = cgroup.cpu_usage_ns();
 
     let mut background = Background::default();
     // Another allocation whose cgroups are created and removed over and over, living
@@ -701,7 +715,7 @@ fn churn_loses_no_cpu_and_leaves_nothing_behind() {
             while !stop.load(Ordering::Relaxed) {
                 let round = flaps.load(Ordering::Relaxed);
                 let flap = uuid();
-                let cgroup = Cgroup::create(V1, &format!("nomad/{flap}.flap"));
+                let cgroup = Cgroup::task(&flap, "flap");
                 let _short_lived = cgroup.spawn(burner!().args(["churn", "20", "2"]));
                 thread::sleep(Duration::from_millis(200 + (round % 6) * 250));
                 if round % 2 == 0 {
@@ -765,9 +779,9 @@ fn churn_loses_no_cpu_and_leaves_nothing_behind() {
     // Standstill again: every child has exited; two cycles publish their last CPU.
     wait_cycles(&daemon, 2.0);
     let counted = daemon.task_cpu_total_ns(&alloc, "churn").unwrap() as f64 - total_before as f64;
-    let truth = (cgroup.cpuacct_usage() - usage_before) as f64;
+    let truth = (cgroup.cpu_usage_ns() - usage_before) as f64;
     eprintln!(
-        "CPU of the churning task: daemon {:.3} s, cgroup cpuacct.usage {:.3} s",
+        "CPU of the churning task: daemon {:.3} s, its cgroup's own usage {:.3} s",
         counted / 1e9,
         truth / 1e9
     );

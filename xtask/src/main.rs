@@ -1,5 +1,5 @@
 //! Project tasks: `cargo xtask run`, `cargo xtask test`, `cargo xtask setup`,
-//! `cargo xtask bench`, `cargo xtask soak`, `cargo xtask fuzz`.
+//! `cargo xtask bench`, `cargo xtask soak`, `cargo xtask fuzz`, `cargo xtask vm-test`.
 //!
 //! Every task first installs what a fresh machine lacks (the nightly `rust-src`
 //! component, `bpf-linker`, Debian packages), printing what it does.
@@ -10,6 +10,7 @@ mod setup;
 mod shell;
 mod soak;
 mod test;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -42,6 +43,10 @@ enum Command {
         /// Skip fmt and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the VM matrix (`cargo xtask vm-test`); also NOMAD_COLLECTOR_NO_VM=1.
+        /// Ignored when CI is set: CI always runs it.
+        #[arg(long, env = "NOMAD_COLLECTOR_NO_VM")]
+        no_vm: bool,
     },
     /// Build the cargo-fuzz targets of fuzz/ (nightly) and run each for a while; fails
     /// on a crash, naming the input. Installs cargo-fuzz if missing.
@@ -58,6 +63,10 @@ enum Command {
     /// Measure the daemon (eBPF against Nomad's /proc method) on real Nomad-style
     /// cgroups; writes BENCHMARKS.md and benchmarks/*.svg. Needs root.
     Bench(bench::BenchArgs),
+    /// Boot Debian's 5.10, 6.1 and 6.12 kernels under QEMU on pure cgroup v2 and run
+    /// the privileged integration tests that matter there inside, with the binaries the
+    /// host built; prints a kernel × test table. Needs root.
+    VmTest(vm::VmArgs),
     /// Churn, restarts on pins and 200 concurrent API clients together, on real
     /// Nomad-style cgroups, for a while (10 minutes; --quick: 2); prints a table of checks
     /// and fails if one fails. Needs root.
@@ -68,7 +77,11 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::ensure(&setup::Needs::all()),
         Command::Run { debug, args } => run(debug, &args),
-        Command::Test { filter, no_lint } => test::run(filter.as_deref(), !no_lint),
+        Command::Test {
+            filter,
+            no_lint,
+            no_vm,
+        } => test::run(filter.as_deref(), !no_lint, !no_vm),
         Command::Fuzz {
             seconds,
             sanitizer,
@@ -80,6 +93,7 @@ fn main() -> Result<()> {
         }),
         Command::Bench(args) => bench::run(args),
         Command::Soak(args) => soak::run(args),
+        Command::VmTest(args) => vm::run(args),
     }
 }
 

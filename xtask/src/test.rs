@@ -9,7 +9,7 @@ use crate::{
     shell::{announce, cargo, is_root, step, workspace_root},
 };
 
-pub fn run(filter: Option<&str>, lint: bool) -> Result<()> {
+pub fn run(filter: Option<&str>, lint: bool, vm: bool) -> Result<()> {
     setup::ensure(&setup::Needs::test())?;
     let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
     if lint {
@@ -92,6 +92,21 @@ pub fn run(filter: Option<&str>, lint: bool) -> Result<()> {
             targets: Vec::new(),
             sanitizer: "none".to_owned(),
         })?;
+    }
+    // The same tests on other kernels and on pure cgroup v2, in VMs.
+    if !vm && in_ci {
+        announce("CI is set: the VM matrix runs even though it was asked to be skipped");
+    }
+    if !vm && !in_ci {
+        announce("VM matrix skipped (--no-vm / NOMAD_COLLECTOR_NO_VM)");
+    } else if !is_root() {
+        announce("not root: the VM matrix is skipped (it installs packages and boots VMs)");
+    } else if filter.is_some_and(|f| !crate::vm::has_test_matching(f)) {
+        announce("no VM test matches the filter: the VM matrix is skipped");
+    } else {
+        let mut args = crate::vm::VmArgs::matrix();
+        args.test = filter.map(str::to_owned);
+        crate::vm::run(args)?;
     }
     Ok(())
 }
