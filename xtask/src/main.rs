@@ -6,6 +6,7 @@
 
 mod bench;
 mod fuzz;
+mod package;
 mod setup;
 mod shell;
 mod soak;
@@ -60,6 +61,14 @@ enum Command {
         /// Targets to run (default: all; `cargo +nightly fuzz list` names them).
         targets: Vec<String>,
     },
+    /// Build the Debian package (cargo-deb, installed if missing): the daemon, its
+    /// systemd unit, /etc/nomad-collector/config.toml, the man page. Prints its path.
+    Deb {
+        /// Then install it here, run it as its unit would against a busy task, and purge
+        /// it (the package test of `cargo xtask test`; needs root).
+        #[arg(long)]
+        test: bool,
+    },
     /// Measure the daemon (eBPF against Nomad's /proc method) on real Nomad-style
     /// cgroups; writes BENCHMARKS.md and benchmarks/*.svg. Needs root.
     Bench(bench::BenchArgs),
@@ -91,6 +100,13 @@ fn main() -> Result<()> {
             targets,
             sanitizer,
         }),
+        Command::Deb { test } => {
+            if test {
+                package::test()
+            } else {
+                package::build().map(drop)
+            }
+        }
         Command::Bench(args) => bench::run(args),
         Command::Soak(args) => soak::run(args),
         Command::VmTest(args) => vm::run(args),

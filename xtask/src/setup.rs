@@ -10,6 +10,10 @@ use crate::shell::{announce, is_root, output, step};
 /// LLVM matching rustc's, which Debian bookworm does not have.
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
+/// cargo-deb, for `cargo xtask deb`: pinned so that the package's layout (unit path,
+/// maintainer-script snippets) does not change under the package test.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
 /// What a task needs.
 pub struct Needs {
     /// Debian packages (binary name to check, package that provides it).
@@ -42,6 +46,20 @@ impl Needs {
             ("wrk", "wrk"),
             ("perf", "linux-perf"),
             ("taskset", "util-linux"),
+        ]);
+        needs
+    }
+
+    /// `cargo xtask deb` and its test: the build, plus dpkg, `systemd-analyze verify`
+    /// for the unit and `setpriv` to run the installed daemon with the unit's
+    /// capabilities (no systemd runs as PID 1 on a CI machine). cargo-deb itself is
+    /// checked by [`ensure_cargo_deb`].
+    pub fn package() -> Self {
+        let mut needs = Self::build();
+        needs.packages.extend([
+            ("dpkg-deb", "dpkg"),
+            ("systemd-analyze", "systemd"),
+            ("setpriv", "util-linux"),
         ]);
         needs
     }
@@ -108,6 +126,27 @@ fn ensure_bpf_linker() -> Result<()> {
     let main = crate::shell::workspace_root().join("collector-ebpf/src/main.rs");
     let _ = Command::new("touch").arg(main).status();
     Ok(())
+}
+
+/// Installs cargo-deb from crates.io unless this version is there (a few minutes of
+/// compiling, shown as it goes).
+pub fn ensure_cargo_deb() -> Result<()> {
+    let version = output(Command::new("cargo").args(["deb", "--version"]));
+    if version
+        .as_deref()
+        .is_some_and(|v| v.split_whitespace().any(|w| w == CARGO_DEB_VERSION))
+    {
+        return Ok(());
+    }
+    step(
+        &format!("installing cargo-deb {CARGO_DEB_VERSION} (a few minutes)"),
+        Command::new("cargo").args([
+            "install",
+            &format!("cargo-deb@{CARGO_DEB_VERSION}"),
+            "--locked",
+            "--force",
+        ]),
+    )
 }
 
 fn ensure_packages(packages: &[(&'static str, &'static str)]) -> Result<()> {

@@ -85,6 +85,15 @@ pub fn run(filter: Option<&str>, lint: bool, vm: bool) -> Result<()> {
         "integration tests (real eBPF programs, real cgroups, real HTTP; one at a time)",
         &mut integration,
     )?;
+    // The Debian package: installed, run as its unit would, purged (needs root; CI is
+    // root, checked above).
+    if filter.is_none_or(|f| "package".contains(f)) {
+        if is_root() {
+            crate::package::test()?;
+        } else {
+            announce("not root: the package test (dpkg -i, eBPF, cgroups) is skipped");
+        }
+    }
     if filter.is_none() {
         // A bounded run of every fuzz target (the longer run is `cargo xtask fuzz`).
         crate::fuzz::run(&crate::fuzz::Options {

@@ -94,13 +94,25 @@ fn nomad_job_configuration_listens_on_the_node_with_acl_and_tls() {
     rendered.push_str(rest);
     let toml: toml::Table = rendered.parse().expect("config.toml template is TOML");
     let http = toml["http"].as_table().expect("[http]");
-    assert!(data.contains(r#"listen = "{{ env "NOMAD_ADDR_http" }}""#), "{data}");
-    assert!(http.contains_key("tls_cert") && http.contains_key("tls_key"), "{http:?}");
+    assert!(
+        data.contains(r#"listen = "{{ env "NOMAD_ADDR_http" }}""#),
+        "{data}"
+    );
+    assert!(
+        http.contains_key("tls_cert") && http.contains_key("tls_key"),
+        "{http:?}"
+    );
     assert!(toml["acl"].as_table().unwrap().contains_key("tokens_file"));
 
     // Every file the configuration names is rendered by a template of the task.
     for key in ["tls_cert", "tls_key"] {
-        let file = http[key].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+        let file = http[key]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned();
         assert!(
             templates
                 .iter()
