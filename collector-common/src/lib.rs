@@ -52,7 +52,9 @@ pub struct KernelLayout {
     /// little-endian machine). Read at each switch instead of `sched_switch`'s
     /// `prev_state` argument, which only 5.18+ passes.
     pub task_state: u32,
-    pub _pad: u32,
+    /// `task_struct.sched_info.run_delay`: ns the thread has waited on a run queue
+    /// (kept where `CONFIG_SCHED_INFO` is set); 0 = not in this kernel.
+    pub task_run_delay: u32,
 }
 
 /// Value of the `TRACKED_CGROUPS` hash map, keyed by cgroup id (the kernfs node id, which
@@ -83,6 +85,13 @@ pub struct CgroupCpu {
     pub system_ns: u64,
     /// Threads whose final CPU time was accounted at their last context switch.
     pub exited_threads: u64,
+    /// ns the cgroup's threads waited on a run queue (`sched_info.run_delay`), exited
+    /// ones included; stays 0 on a kernel without it (see `KernelLayout::task_run_delay`).
+    pub wait_ns: u64,
+    /// Processes (thread-group leaders) first seen here that started since tracking
+    /// began, and leaders whose final switch was accounted here.
+    pub processes_started: u64,
+    pub processes_exited: u64,
 }
 
 /// Slots of the `CONTROL` array, written by the daemon.
@@ -98,8 +107,8 @@ pub const NO_SLOT: u32 = u32::MAX;
 
 /// Flags of a [`ThreadState`].
 pub mod thread_flags {
-    /// `run_ns`/`user_ns`/`system_ns` hold what was last accounted: the next delta is
-    /// taken from them.
+    /// `run_ns`/`user_ns`/`system_ns`/`wait_ns` hold what was last accounted: the next
+    /// delta is taken from them.
     pub const ACCOUNTED: u32 = 1;
 }
 
@@ -113,6 +122,8 @@ pub struct ThreadState {
     pub run_ns: u64,
     pub user_ns: u64,
     pub system_ns: u64,
+    /// The thread's `run_delay` when last accounted.
+    pub wait_ns: u64,
     /// The `css_set` pointer the attribution was resolved for: it changes whenever the
     /// thread moves to another cgroup in any hierarchy.
     pub css_set: u64,
@@ -196,9 +207,9 @@ pub mod stat {
 const _: () = {
     assert!(core::mem::size_of::<KernelLayout>() == 24 * 4);
     assert!(core::mem::size_of::<TrackedCgroup>() == 16);
-    assert!(core::mem::size_of::<CgroupCpu>() == 32);
-    assert!(core::mem::size_of::<ThreadState>() == 48);
-    assert!(core::mem::size_of::<ThreadEntry>() == 56);
+    assert!(core::mem::size_of::<CgroupCpu>() == 56);
+    assert!(core::mem::size_of::<ThreadState>() == 56);
+    assert!(core::mem::size_of::<ThreadEntry>() == 64);
     assert!(core::mem::size_of::<ThreadSample>() == 88);
 };
 

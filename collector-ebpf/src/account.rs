@@ -77,9 +77,15 @@ pub fn account<A: Access, S: ThreadStore<A>, C: EbpfContext>(
     let now = task.cpu_times();
     let delta = now.since(&CpuTimes::accounted(state));
     now.store(state);
-    add(cgroup, &delta, exiting);
+    add(cgroup, &delta);
     if exiting {
         count(stat::EXITS_FOLDED);
+        // SAFETY: cgroup is an element of CGROUP_CPU, valid while the program runs.
+        unsafe { add_one(&raw mut (*cgroup).exited_threads) };
+        if task.pid() == task.tgid() {
+            // SAFETY: as above.
+            unsafe { add_one(&raw mut (*cgroup).processes_exited) };
+        }
     }
 }
 
@@ -101,7 +107,7 @@ fn resolve<A: Access, S: ThreadStore<A>, C: EbpfContext>(
         if created.is_null() {
             // Out of room (rare, and never on the common path). It matters only for a
             // thread of a tracked cgroup: say so with the thread.
-            if tracked.is_some() {
+            if tracked.slot != NO_SLOT {
                 count(stat::STORAGE_FAILED);
                 aya_log_ebpf::warn!(
                     ctx,
@@ -120,15 +126,22 @@ fn resolve<A: Access, S: ThreadStore<A>, C: EbpfContext>(
     s.css_set = css_set;
     s.generation = generation;
     match tracked {
-        None => {
+        TrackedCgroup { slot: NO_SLOT, .. } => {
             s.slot = NO_SLOT;
             s.flags &= !thread_flags::ACCOUNTED;
         }
-        Some(TrackedCgroup { slot, since_ns, .. }) => {
+        TrackedCgroup { slot, since_ns, .. } => {
             if s.flags & thread_flags::ACCOUNTED == 0 {
                 // First time in a tracked cgroup: a thread born since tracking began is
                 // counted from birth; an older one from now (its first sample is 0).
                 let base = if task.start_time() >= since_ns {
+                    if task.pid() == task.tgid() {
+                        if let Some(cgroup) = CGROUP_CPU.get_ptr_mut(slot) {
+                            // SAFETY: an element of CGROUP_CPU, valid while the
+                            // program runs.
+                            unsafe { add_one(&raw mut (*cgroup).processes_started) };
+                        }
+                    }
                     CpuTimes::ZERO
                 } else {
                     if exiting {
@@ -147,26 +160,35 @@ fn resolve<A: Access, S: ThreadStore<A>, C: EbpfContext>(
     state
 }
 
+/// Adds `delta` to the cgroup's counters.
 #[inline(always)]
-fn add(cgroup: *mut CgroupCpu, delta: &CpuTimes, exiting: bool) {
+fn add(cgroup: *mut CgroupCpu, delta: &CpuTimes) {
+    // SAFETY (each add): cgroup is an element of CGROUP_CPU (from get_ptr_mut), valid
+    // while the program runs.
+    unsafe { add_to(&raw mut (*cgroup).run_ns, delta.run) };
+    // SAFETY: as above.
+    unsafe { add_to(&raw mut (*cgroup).user_ns, delta.user) };
+    // SAFETY: as above.
+    unsafe { add_to(&raw mut (*cgroup).system_ns, delta.system) };
+    // SAFETY: as above.
+    unsafe { add_to(&raw mut (*cgroup).wait_ns, delta.wait) };
+}
+
+/// Atomically adds `value` to a counter that threads on other CPUs add to as well.
+///
+/// # Safety
+/// `counter` must point into a map value, valid while the program runs.
+#[inline(always)]
+unsafe fn add_to(counter: *mut u64, value: u64) {
     use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
-    // SAFETY: cgroup is an element of CGROUP_CPU (from get_ptr_mut), valid while the
-    // program runs; the adds are atomic because threads on other CPUs add to it too.
-    unsafe {
-        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*cgroup).run_ns, delta.run);
-    }
-    // SAFETY: as above.
-    unsafe {
-        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*cgroup).user_ns, delta.user);
-    }
-    // SAFETY: as above.
-    unsafe {
-        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*cgroup).system_ns, delta.system);
-    }
-    if exiting {
-        // SAFETY: as above.
-        unsafe {
-            atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*cgroup).exited_threads, 1);
-        }
-    }
+    // SAFETY: the caller's contract.
+    unsafe { atomic_xadd::<u64, u64, { Relaxed }>(counter, value) };
+}
+
+/// # Safety
+/// As [`add_to`].
+#[inline(always)]
+unsafe fn add_one(counter: *mut u64) {
+    // SAFETY: the caller's contract.
+    unsafe { add_to(counter, 1) };
 }

@@ -37,7 +37,7 @@ static LAYOUT: KernelLayout = KernelLayout {
     mm_shmem_pages: 0,
     mm_swap_entries: 0,
     task_state: 0,
-    _pad: 0,
+    task_run_delay: 0,
 };
 
 /// Reads one field of `LAYOUT`; volatile so that the compiler cannot fold the zeros above.
@@ -75,7 +75,6 @@ impl Access for Direct {
 
 /// `bpf_probe_read_kernel`: for addresses the verifier knows only as numbers. A read
 /// that faults yields zero, as a direct BTF load would.
-#[allow(dead_code, reason = "each of the two builds uses one of these")]
 #[derive(Clone, Copy)]
 pub struct Probed;
 
@@ -105,6 +104,8 @@ pub struct CpuTimes {
     pub run: u64,
     pub user: u64,
     pub system: u64,
+    /// Time spent waiting on a run queue (0 where the kernel does not keep it).
+    pub wait: u64,
 }
 
 impl CpuTimes {
@@ -112,6 +113,7 @@ impl CpuTimes {
         run: 0,
         user: 0,
         system: 0,
+        wait: 0,
     };
 
     /// What was last accounted for a thread.
@@ -121,6 +123,7 @@ impl CpuTimes {
             run: state.run_ns,
             user: state.user_ns,
             system: state.system_ns,
+            wait: state.wait_ns,
         }
     }
 
@@ -129,6 +132,7 @@ impl CpuTimes {
         state.run_ns = self.run;
         state.user_ns = self.user;
         state.system_ns = self.system;
+        state.wait_ns = self.wait;
     }
 
     /// `self - base`, never negative.
@@ -138,6 +142,7 @@ impl CpuTimes {
             run: self.run.saturating_sub(base.run),
             user: self.user.saturating_sub(base.user),
             system: self.system.saturating_sub(base.system),
+            wait: self.wait.saturating_sub(base.wait),
         }
     }
 }
@@ -204,10 +209,16 @@ impl<A: Access> Task<A> {
 
     #[inline(always)]
     pub fn cpu_times(self) -> CpuTimes {
+        let run_delay = layout!(task_run_delay);
         CpuTimes {
             run: self.field(layout!(task_sum_exec_runtime)),
             user: self.field(layout!(task_utime)),
             system: self.field(layout!(task_stime)),
+            wait: if run_delay != 0 {
+                self.field(run_delay)
+            } else {
+                0
+            },
         }
     }
 
@@ -222,6 +233,7 @@ impl<A: Access> Task<A> {
                 run: A::load(signal, layout!(signal_sum_sched_runtime)),
                 user: A::load(signal, layout!(signal_utime)),
                 system: A::load(signal, layout!(signal_stime)),
+                wait: 0,
             }
         }
     }
@@ -238,12 +250,15 @@ impl<A: Access> Task<A> {
         if mm.is_null() {
             return None;
         }
+        // Probed even for a BTF task: before 6.2 the counters are `atomic_long_t`
+        // elements of an array, a typedef'd struct that 6.1's verifier cannot walk into
+        // ("Type 'atomic_long_t' is not a struct"). Four helper calls per process read.
         // SAFETY: mm is the task's non-null mm_struct; the offsets are its RSS counters.
         unsafe {
-            let file: i64 = A::load(mm, file_off);
-            let anon: i64 = A::load(mm, layout!(mm_anon_pages));
-            let shmem: i64 = A::load(mm, layout!(mm_shmem_pages));
-            let swap: i64 = A::load(mm, layout!(mm_swap_entries));
+            let file: i64 = Probed::load(mm, file_off);
+            let anon: i64 = Probed::load(mm, layout!(mm_anon_pages));
+            let shmem: i64 = Probed::load(mm, layout!(mm_shmem_pages));
+            let swap: i64 = Probed::load(mm, layout!(mm_swap_entries));
             Some((file + anon + shmem, swap))
         }
     }

@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
-use collector_common::{control, stat, CgroupCpu, TrackedCgroup};
+use collector_common::{control, stat, CgroupCpu, TrackedCgroup, NO_SLOT};
 
 use crate::kernel::{Access, Task};
 
@@ -31,23 +31,30 @@ static CONTROL: Array<u64> = Array::with_max_entries(control::COUNT, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
-/// The tracked cgroup the task belongs to, by its cgroup v1 id first, then cgroup v2.
+/// The tracked cgroup the task belongs to, by its cgroup v1 id first, then cgroup v2;
+/// `slot` is [`NO_SLOT`] when it belongs to none. A plain value, not an `Option`: the
+/// payload of a `None` is undefined, and LLVM may keep it in a register across a helper
+/// call, which the verifier rejects as a read of an uninitialized register.
 #[inline(always)]
-pub fn tracked_cgroup<A: Access>(task: Task<A>) -> Option<TrackedCgroup> {
+pub fn tracked_cgroup<A: Access>(task: Task<A>) -> TrackedCgroup {
     let (v1, v2) = task.cgroup_ids();
     // SAFETY (both lookups): the entry is copied out at once; the daemon may delete it
     // meanwhile, and a non-preallocated element is freed only after an RCU grace period.
     if v1 != 0 {
         if let Some(entry) = unsafe { TRACKED_CGROUPS.get(v1) } {
-            return Some(*entry);
+            return *entry;
         }
     }
     if v2 != 0 {
         if let Some(entry) = unsafe { TRACKED_CGROUPS.get(v2) } {
-            return Some(*entry);
+            return *entry;
         }
     }
-    None
+    TrackedCgroup {
+        slot: NO_SLOT,
+        _pad: 0,
+        since_ns: 0,
+    }
 }
 
 /// The daemon's current `control::GENERATION`.

@@ -4,14 +4,22 @@
 use std::{thread, time::Duration};
 
 use collector_common::{sample_flags, ThreadSample, TrackedCgroup};
-use collector_user::kernel::{Attribution, KernelAccounting, KernelOptions};
+use collector_user::kernel::{
+    Attribution, KernelAccounting, KernelOptions, ThreadStateChoice, ThreadStateStore,
+};
 use integration_tests::{burner, ebpf_or_skip, mounts, privileged, schedstat_ns, uuid, Cgroup};
 
 fn load(test: &str) -> Option<KernelAccounting> {
+    load_with(test, ThreadStateChoice::Auto)
+}
+
+/// Loads the programs with threads' state in `store` (the 5.10 build, `Hash`, runs on
+/// every kernel, so the host tests it too).
+fn load_with(test: &str, thread_state: ThreadStateChoice) -> Option<KernelAccounting> {
     if !privileged(test) {
         return None;
     }
-    ebpf_or_skip(
+    let kernel = ebpf_or_skip(
         test,
         KernelAccounting::load(&KernelOptions {
             // As the daemon's `auto`: by the cpuacct hierarchy where v1 controllers are
@@ -22,8 +30,12 @@ fn load(test: &str) -> Option<KernelAccounting> {
             },
             max_tracked_cgroups: 1024,
             pin_root: None,
+            thread_state,
+            max_threads: 65536,
         }),
-    )
+    )?;
+    assert_features_as_expected(&kernel);
+    Some(kernel)
 }
 
 fn monotonic_ns() -> u64 {
@@ -59,25 +71,77 @@ fn slot_run_ns(kernel: &mut KernelAccounting, slot: u32) -> u64 {
 }
 
 /// A process's cumulative run time from the per-process iterator: its live threads plus
-/// the leader's record of exited threads.
-fn process_run_ns(kernel: &mut KernelAccounting, pid: u32) -> u64 {
+/// the leader's record of exited threads. `None` where the kernel has no scoped task
+/// iterator (held to the kernel version by `assert_features_as_expected`).
+fn process_run_ns(kernel: &mut KernelAccounting, pid: u32) -> Option<u64> {
+    if !kernel.features().process_iter.enabled {
+        assert!(
+            !process_iter_expected(),
+            "the iterator is off where it must be on"
+        );
+        return None;
+    }
     let mut samples: Vec<ThreadSample> = Vec::new();
     kernel.sample_process(pid, &mut samples).unwrap();
     assert!(
         samples.iter().all(|s| s.tgid == pid),
         "the iterator is scoped to the process"
     );
-    samples
-        .iter()
-        .map(|s| {
-            s.run_ns
-                + if s.flags & sample_flags::LEADER != 0 {
-                    s.exited_run_ns
-                } else {
-                    0
-                }
-        })
-        .sum()
+    Some(
+        samples
+            .iter()
+            .map(|s| {
+                s.run_ns
+                    + if s.flags & sample_flags::LEADER != 0 {
+                        s.exited_run_ns
+                    } else {
+                        0
+                    }
+            })
+            .sum(),
+    )
+}
+
+/// (major, minor) of the running kernel.
+fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// Whether the per-process task iterator must be on here: the loader probes features,
+/// the test holds it to the kernel version that brought scoped task iterators (6.1), so
+/// that a feature wrongly turned off fails instead of silently shrinking the test.
+fn process_iter_expected() -> bool {
+    kernel_version() >= (6, 1)
+}
+
+fn assert_features_as_expected(kernel: &KernelAccounting) {
+    let features = kernel.features();
+    assert!(
+        features.checkpoint.enabled,
+        "the checkpoint runs on every supported kernel: {:?}",
+        features.checkpoint.reason
+    );
+    assert_eq!(
+        features.process_iter.enabled,
+        process_iter_expected(),
+        "per-process iterator on kernel {:?}: {:?}",
+        kernel_version(),
+        features.process_iter.reason
+    );
+    if kernel_version() >= (5, 11) {
+        // An explicit `Hash` choice is the only way to get it there.
+        assert!(matches!(
+            features.thread_state,
+            ThreadStateStore::TaskStorage | ThreadStateStore::Hash
+        ));
+    } else {
+        assert_eq!(features.thread_state, ThreadStateStore::Hash);
+    }
 }
 
 fn relative_error(measured: u64, truth: u64) -> f64 {
@@ -89,6 +153,14 @@ fn programs_are_loaded_and_attached_to_sched_switch() {
     let Some(kernel) = load("programs_are_loaded_and_attached_to_sched_switch") else {
         return;
     };
+    assert_features_as_expected(&kernel);
+    if kernel_version() >= (5, 11) {
+        assert_eq!(
+            kernel.features().thread_state,
+            ThreadStateStore::TaskStorage,
+            "auto picks task storage where the kernel has it"
+        );
+    }
     let ids = kernel.programs().clone();
     let loaded: Vec<_> = aya::programs::loaded_programs().flatten().collect();
     let name_of = |id: u32| {
@@ -101,11 +173,16 @@ fn programs_are_loaded_and_attached_to_sched_switch() {
         name_of(ids.sched_switch_id).as_deref(),
         Some("sched_switch")
     );
-    assert_eq!(name_of(ids.checkpoint_id).as_deref(), Some("checkpoint"));
     assert_eq!(
-        name_of(ids.process_iter_id).as_deref(),
-        Some("process_threads")
+        ids.checkpoint_id.and_then(name_of).as_deref(),
+        Some("checkpoint")
     );
+    if process_iter_expected() {
+        assert_eq!(
+            ids.process_iter_id.and_then(name_of).as_deref(),
+            Some("process_threads")
+        );
+    }
     let link = aya::programs::loaded_links()
         .flatten()
         .find(|l| l.program_id() == ids.sched_switch_id)
@@ -144,11 +221,12 @@ fn process_and_cgroup_totals_match_the_kernels_own_counters() {
         from_proc > 1_000_000_000,
         "the workload ran: {from_proc} ns"
     );
-    let process = process_run_ns(&mut kernel, child.pid());
-    assert!(
-        relative_error(process, from_proc) < 0.01,
-        "process: iterator {process} ns vs schedstat {from_proc} ns"
-    );
+    if let Some(process) = process_run_ns(&mut kernel, child.pid()) {
+        assert!(
+            relative_error(process, from_proc) < 0.01,
+            "process: iterator {process} ns vs schedstat {from_proc} ns"
+        );
+    }
     // The cgroup counter, built at context switches, against the cgroup's own counter.
     let counted = slot_run_ns(&mut kernel, 3);
     let truth = cgroup.cpu_usage_ns() - usage_before;
@@ -160,9 +238,21 @@ fn process_and_cgroup_totals_match_the_kernels_own_counters() {
 
 #[test]
 fn a_thread_that_never_switches_out_is_counted_up_to_now() {
-    let Some(mut kernel) = load("a_thread_that_never_switches_out_is_counted_up_to_now") else {
-        return;
-    };
+    if let Some(kernel) = load("a_thread_that_never_switches_out_is_counted_up_to_now") {
+        a_thread_that_never_switches_out_is_counted_up_to_now_with(kernel);
+    }
+}
+
+/// The 5.10 build (threads' state in a hash map keyed by task), on this kernel.
+#[test]
+fn a_thread_that_never_switches_out_is_counted_up_to_now_with_the_thread_hash() {
+    let test = "a_thread_that_never_switches_out_is_counted_up_to_now_with_the_thread_hash";
+    if let Some(kernel) = load_with(test, ThreadStateChoice::Only(ThreadStateStore::Hash)) {
+        a_thread_that_never_switches_out_is_counted_up_to_now_with(kernel);
+    }
+}
+
+fn a_thread_that_never_switches_out_is_counted_up_to_now_with(mut kernel: KernelAccounting) {
     let cgroup = Cgroup::outside_nomad(&format!("collector-test/{}", uuid()));
     track(&mut kernel, cgroup.cpu_id(), 0, monotonic_ns());
     let child = cgroup.spawn(burner!().args(["spin", "1", "30"]));
@@ -182,9 +272,21 @@ fn a_thread_that_never_switches_out_is_counted_up_to_now() {
 
 #[test]
 fn short_lived_children_are_all_counted() {
-    let Some(mut kernel) = load("short_lived_children_are_all_counted") else {
-        return;
-    };
+    if let Some(kernel) = load("short_lived_children_are_all_counted") {
+        short_lived_children_are_all_counted_with(kernel);
+    }
+}
+
+/// The 5.10 build (threads' state in a hash map keyed by task), on this kernel.
+#[test]
+fn short_lived_children_are_all_counted_with_the_thread_hash() {
+    let test = "short_lived_children_are_all_counted_with_the_thread_hash";
+    if let Some(kernel) = load_with(test, ThreadStateChoice::Only(ThreadStateStore::Hash)) {
+        short_lived_children_are_all_counted_with(kernel);
+    }
+}
+
+fn short_lived_children_are_all_counted_with(mut kernel: KernelAccounting) {
     let cgroup = Cgroup::outside_nomad(&format!("collector-test/{}", uuid()));
     track(&mut kernel, cgroup.cpu_id(), 0, monotonic_ns());
     let usage_before = cgroup.cpu_usage_ns();
@@ -243,9 +345,21 @@ fn a_thread_that_moves_is_counted_where_it_runs() {
 
 #[test]
 fn a_reused_pid_starts_from_zero() {
-    let Some(mut kernel) = load("a_reused_pid_starts_from_zero") else {
-        return;
-    };
+    if let Some(kernel) = load("a_reused_pid_starts_from_zero") {
+        a_reused_pid_starts_from_zero_with(kernel);
+    }
+}
+
+/// The 5.10 build (threads' state in a hash map keyed by task), on this kernel.
+#[test]
+fn a_reused_pid_starts_from_zero_with_the_thread_hash() {
+    let test = "a_reused_pid_starts_from_zero_with_the_thread_hash";
+    if let Some(kernel) = load_with(test, ThreadStateChoice::Only(ThreadStateStore::Hash)) {
+        a_reused_pid_starts_from_zero_with(kernel);
+    }
+}
+
+fn a_reused_pid_starts_from_zero_with(mut kernel: KernelAccounting) {
     let cgroup = Cgroup::outside_nomad(&format!("collector-test/{}", uuid()));
     track(&mut kernel, cgroup.cpu_id(), 0, monotonic_ns());
     let first = cgroup.spawn(burner!().args(["spin", "1", "1"]));
@@ -266,14 +380,114 @@ fn a_reused_pid_starts_from_zero() {
     }
     let second = reused.expect("could not get the same PID back");
     thread::sleep(Duration::from_millis(200));
-    let run = process_run_ns(&mut kernel, second.pid());
-    assert!(
-        run < 100_000_000,
-        "the sleeping process with the reused PID shows {run} ns: it inherited the old one's"
-    );
+    if let Some(run) = process_run_ns(&mut kernel, second.pid()) {
+        assert!(
+            run < 100_000_000,
+            "the sleeping process with the reused PID shows {run} ns: it inherited the old one's"
+        );
+    }
     let grew = slot_run_ns(&mut kernel, 0) - after_first;
     assert!(
         grew < 100_000_000,
         "the cgroup gained {grew} ns from a sleeping process"
     );
+}
+
+/// Run-queue wait (`sched_info.run_delay`) of every thread of a process, from
+/// `/proc/<pid>/task/*/schedstat`'s second field: the kernel's own figure.
+fn schedstat_wait_ns(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("process exists")
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Every CPU's running thread accounted up to now, then the counters of slots `0..n`.
+fn slots(kernel: &mut KernelAccounting, n: u32) -> Vec<collector_common::CgroupCpu> {
+    assert_eq!(kernel.checkpoint(), 0, "checkpoint failed on some CPU");
+    let mut counters = Vec::new();
+    kernel.read_cgroup_cpu(n, &mut counters).unwrap();
+    counters
+}
+
+#[test]
+fn two_busy_tasks_on_one_cpu_each_wait_half_the_time() {
+    let test = "two_busy_tasks_on_one_cpu_each_wait_half_the_time";
+    let Some(mut kernel) = load(test) else {
+        return;
+    };
+    // Every kernel of the matrix keeps run-queue delays (Debian sets CONFIG_SCHED_INFO,
+    // and /proc/<pid>/schedstat exists exactly then).
+    assert!(
+        std::path::Path::new("/proc/self/schedstat").exists(),
+        "this kernel keeps no schedstat"
+    );
+    assert!(
+        kernel.features().cpu_wait.enabled,
+        "CPU wait is off: {:?}",
+        kernel.features().cpu_wait.reason
+    );
+    let since = monotonic_ns();
+    let busy: Vec<Cgroup> = (0..2)
+        .map(|_| Cgroup::outside_nomad(&format!("collector-test/{}", uuid())))
+        .collect();
+    let sleeping = Cgroup::outside_nomad(&format!("collector-test/{}", uuid()));
+    for (slot, cgroup) in busy.iter().chain([&sleeping]).enumerate() {
+        track(&mut kernel, cgroup.cpu_id(), slot as u32, since);
+    }
+    let burner_path = env!("CARGO_BIN_EXE_burner");
+    let children: Vec<_> = busy
+        .iter()
+        .map(|cgroup| {
+            cgroup.spawn(std::process::Command::new("taskset").args([
+                "-c",
+                "0",
+                burner_path,
+                "spin",
+                "1",
+                "30",
+            ]))
+        })
+        .collect();
+    let sleeper = sleeping.spawn(burner!().args(["sleep", "30"]));
+    thread::sleep(Duration::from_millis(500));
+    let start = std::time::Instant::now();
+    let before = slots(&mut kernel, 3);
+    let truth_before: Vec<u64> = children
+        .iter()
+        .map(|c| schedstat_wait_ns(c.pid()))
+        .collect();
+    thread::sleep(Duration::from_secs(2));
+    let after = slots(&mut kernel, 3);
+    let truth_after: Vec<u64> = children
+        .iter()
+        .map(|c| schedstat_wait_ns(c.pid()))
+        .collect();
+    let wall = start.elapsed().as_nanos() as f64;
+    for i in 0..2 {
+        let run = (after[i].run_ns - before[i].run_ns) as f64 / wall;
+        let wait = (after[i].wait_ns - before[i].wait_ns) as f64 / wall;
+        let truth = (truth_after[i] - truth_before[i]) as f64;
+        let counted = (after[i].wait_ns - before[i].wait_ns) as f64;
+        assert!(
+            (run - 0.5).abs() <= 0.1,
+            "task {i}: {run:.3} of a CPU, not about half (waited {wait:.3} s per second)"
+        );
+        assert!(
+            (wait - 0.5).abs() <= 0.1,
+            "task {i}: waited {wait:.3} s per second, not about 0.5"
+        );
+        assert!(
+            (counted - truth).abs() <= 0.10 * truth,
+            "task {i}: wait {counted} ns vs its threads' schedstat run delay {truth} ns"
+        );
+    }
+    let idle_wait = (after[2].wait_ns - before[2].wait_ns) as f64 / wall;
+    assert!(
+        idle_wait < 0.01,
+        "a sleeping task waited {idle_wait:.4} s per second"
+    );
+    drop(sleeper);
 }

@@ -388,7 +388,18 @@ impl KernelAccounting {
             thread_state: store,
             checkpoint: feature_of(&checkpoint_prog_fd),
             process_iter: feature_of(&iter_prog_fd),
+            cpu_wait: if layout.task_run_delay != 0 {
+                Feature::on()
+            } else {
+                Feature::off(
+                    "this kernel keeps no run-queue delay (task_struct.sched_info, \
+                     CONFIG_SCHED_INFO): CPU wait is not reported",
+                )
+            },
         };
+        if !features.cpu_wait.enabled {
+            warn!(reason = ?features.cpu_wait.reason, "CPU wait per task is off");
+        }
         let id_of = |fd: &Result<OwnedFd, KernelError>| {
             fd.as_ref()
                 .ok()

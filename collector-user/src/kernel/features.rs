@@ -65,14 +65,17 @@ pub struct KernelFeatures {
     pub checkpoint: Feature,
     /// The per-process task iterator; off, per-process figures come from /proc.
     pub process_iter: Feature,
+    /// Run-queue wait per task (`sched_info.run_delay`); off, the figure is absent.
+    pub cpu_wait: Feature,
 }
 
 impl KernelFeatures {
     /// (name, feature) pairs, for logs and metrics.
-    pub fn optional(&self) -> [(&'static str, &Feature); 2] {
+    pub fn optional(&self) -> [(&'static str, &Feature); 3] {
         [
             ("checkpoint", &self.checkpoint),
             ("process_iter", &self.process_iter),
+            ("cpu_wait", &self.cpu_wait),
         ]
     }
 }

@@ -39,6 +39,9 @@ pub fn resolve(btf: &Btf, attribution: &Attribution) -> Result<KernelLayout, Btf
         task_state: task("__state").or_else(|_| task("state"))?,
         ..KernelLayout::default()
     };
+    // Run-queue wait is optional: absent without CONFIG_SCHED_INFO (the figure is then
+    // reported absent, not 0).
+    layout.task_run_delay = task("sched_info.run_delay").unwrap_or(0);
     if let Some(controller) = &attribution.v1_controller {
         let id = btf.enum_value(&format!("{controller}_cgrp_id"))?;
         let subsys = btf.member_offset("css_set", "subsys")?;
