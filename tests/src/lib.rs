@@ -961,6 +961,9 @@ pub fn programs_named(name: &str) -> Vec<u32> {
 /// A task's `Percent` averaged over `readings` consecutive snapshots, and the true CPU
 /// rate of its cgroup ([`Cgroup::cpu_usage_ns`]) over the same window, in percent of one core.
 /// Comparing the two holds on a busy machine, where "a busy loop reads 100%" does not.
+/// The truth's rate is taken over the times its counter was read, not the snapshots'
+/// timestamps: each read comes a poll and a request after its snapshot, a lag that
+/// varies (by hundreds of ms under emulation) and would skew a steady rate.
 pub fn percent_and_truth(
     daemon: &Daemon,
     alloc: &str,
@@ -968,7 +971,15 @@ pub fn percent_and_truth(
     cgroup: &Cgroup,
     readings: usize,
 ) -> (f64, f64) {
-    let usage = || cgroup.cpu_usage_ns();
+    // (counter ns, wall-clock ns when read).
+    let usage = || {
+        let ns = cgroup.cpu_usage_ns();
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        (ns, at)
+    };
     let path = format!("/v1/client/allocation/{alloc}/stats");
     // (snapshot timestamp, Percent) of the next snapshot newer than `after`.
     let next = |after: i64| -> (i64, f64) {
@@ -991,13 +1002,14 @@ pub fn percent_and_truth(
     };
     let (mut ts, _) = next(0);
     (ts, _) = next(ts);
-    let (first_ts, first_usage) = (ts, usage());
+    let (first_usage, first_at) = usage();
     let mut sum = 0.0;
     for _ in 0..readings {
         let (t, p) = next(ts);
         ts = t;
         sum += p;
     }
-    let truth = (usage() - first_usage) as f64 / (ts - first_ts) as f64 * 100.0;
+    let (last_usage, last_at) = usage();
+    let truth = (last_usage - first_usage) as f64 / (last_at - first_at) as f64 * 100.0;
     (sum / readings as f64, truth)
 }
