@@ -90,7 +90,7 @@ pub enum AllocOrigin {
     Config,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct TaskInfo {
     pub name: String,
@@ -104,9 +104,65 @@ pub struct TaskInfo {
     /// daemon restarts by the pinned maps; on the /proc source only the processes alive
     /// now.
     pub cpu_total_ns: u64,
+    /// Figures no peer reports (absent where not measured), flattened into the task.
+    #[serde(flatten)]
+    pub extra: TaskExtra,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// A task's figures beyond Nomad's, in `/v1/client/allocations` and the exposition.
+/// Each is `None` (JSON `null`) where it was not measured: the kernel lacks it, the CPU
+/// source is /proc, or the cgroup has no such file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TaskExtra {
+    /// Time the task's threads waited on a run queue (`sched_info.run_delay`, counted
+    /// in the kernel at each context switch, exited processes included).
+    pub cpu_wait: Option<CpuWait>,
+    /// Processes started and exited in the task's cgroups, counted in the kernel.
+    pub processes: Option<ProcessChurn>,
+    /// Processes the OOM killer killed in the task's memory cgroup (v2 `memory.events`,
+    /// v1 `memory.oom_control`).
+    pub oom_kills: Option<u64>,
+    /// Pressure stall totals of the task's cgroup (v2 only).
+    pub pressure: Option<TaskPressure>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CpuWait {
+    /// Cumulative, since the collector began following the task.
+    pub total_seconds: f64,
+    /// Share of wall time over the last interval, in percent (a task with two waiting
+    /// threads can exceed 100); `None` on the first interval.
+    pub percent: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ProcessChurn {
+    /// Since the collector began following the task (processes already running then
+    /// are not counted as started).
+    pub started: u64,
+    pub exited: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TaskPressure {
+    pub cpu: Option<PressureSeconds>,
+    pub memory: Option<PressureSeconds>,
+    pub io: Option<PressureSeconds>,
+}
+
+/// Cumulative PSI stall time: some (at least one task stalled) and full (all).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PressureSeconds {
+    pub some_seconds: f64,
+    pub full_seconds: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct AllocInfo {
     #[serde(rename = "ID")]
@@ -207,6 +263,18 @@ impl AllocEntry {
     pub fn tasks(&self) -> &BTreeMap<String, TaskResourceUsage> {
         self.tasks
             .get_or_init(|| self.build.as_ref().map(|build| build()).unwrap_or_default())
+    }
+
+    /// Runs `f` on every task's usage without keeping it: the map a reader already
+    /// built, else one built for this call and dropped after it. For readers of every
+    /// allocation (a metrics scrape): caching would leave Nomad's types of the whole
+    /// host in the snapshot, a B-tree node of several kilobytes per allocation.
+    pub fn with_tasks<R>(&self, f: impl FnOnce(&BTreeMap<String, TaskResourceUsage>) -> R) -> R {
+        match (self.tasks.get(), &self.build) {
+            (Some(tasks), _) => f(tasks),
+            (None, Some(build)) => f(&build()),
+            (None, None) => f(&BTreeMap::new()),
+        }
     }
 
     /// `AllocResourceUsage` of the allocation (or of one task, `?task=`).
@@ -325,6 +393,28 @@ mod tests {
         );
         let pretty = entry.stats_json(None, true);
         assert!(pretty.len() > a.len() && pretty.contains(&b'\n'));
+    }
+
+    #[test]
+    fn with_tasks_reads_without_caching() {
+        let info = entry().info;
+        let built = std::sync::atomic::AtomicUsize::new(0);
+        let built = Arc::new(built);
+        let counter = built.clone();
+        let lazy = AllocEntry::lazy(info, false, move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+            let mut tasks = BTreeMap::new();
+            tasks.insert("web".to_owned(), TaskResourceUsage::default());
+            tasks
+        });
+        assert_eq!(lazy.with_tasks(|t| t.len()), 1);
+        assert_eq!(lazy.with_tasks(|t| t.len()), 1);
+        assert_eq!(built.load(Ordering::Relaxed), 2, "built per call, not kept");
+        assert!(lazy.tasks.get().is_none());
+        // Once a reader has built and kept them, they are read from the cache.
+        lazy.tasks();
+        lazy.with_tasks(|_| ());
+        assert_eq!(built.load(Ordering::Relaxed), 3);
     }
 
     #[test]

@@ -162,6 +162,7 @@ pub fn fixture_snapshot() -> Snapshot {
                 .into(),
                 pids: vec![],
                 cpu_total_ns: 1_000_000,
+                extra: Default::default(),
             })
             .collect(),
     };
@@ -178,6 +179,7 @@ pub fn fixture_snapshot() -> Snapshot {
             cgroups: Vec::new().into(),
             pids: vec![42],
             cpu_total_ns: 0,
+            extra: Default::default(),
         }],
     };
     let mut allocations = HashMap::new();

@@ -149,6 +149,7 @@ fn snapshot() -> Snapshot {
                 .into(),
                 pids: vec![],
                 cpu_total_ns: 12_000_000_000,
+                extra: Default::default(),
             },
             TaskInfo {
                 name: "web.frontend".to_owned(),
@@ -158,6 +159,7 @@ fn snapshot() -> Snapshot {
                 .into(),
                 pids: vec![],
                 cpu_total_ns: 12_000_000_000,
+                extra: Default::default(),
             },
         ],
     };
@@ -183,6 +185,7 @@ fn snapshot() -> Snapshot {
             cgroups: Vec::new().into(),
             pids: vec![42],
             cpu_total_ns: 0,
+            extra: Default::default(),
         }],
     };
     let mut allocations = HashMap::new();

@@ -24,12 +24,12 @@ pub use discover::{
 pub use mounts::{CgroupMounts, Hierarchies, HostKind, V1_CONTROLLERS};
 /// The control-file parsers behind [`CgroupDir`]'s readers, for the fuzz targets.
 pub use stats::{
-    parse_cpu_max, parse_cpu_stat, parse_limit, parse_memory_stat, parse_procs, parse_u64,
-    v1_bytes_limit,
+    parse_cpu_max, parse_cpu_stat, parse_limit, parse_memory_stat, parse_oom_kill, parse_pressure,
+    parse_procs, parse_u64, v1_bytes_limit,
 };
 pub use stats::{
     CgroupCpuUsage, CgroupDir, CpuFigures, CpuMax, CpuStat, Limit, MemoryFigures, MemoryStat,
-    TaskCgroups, ThrottleFigures,
+    Pressure, PressureTotals, TaskCgroups, ThrottleFigures,
 };
 
 /// Why a cgroup could not be read.

@@ -176,6 +176,57 @@ pub struct CpuFigures {
     pub throttling: ThrottleFigures,
 }
 
+/// The cumulative totals of one PSI file (`cpu.pressure`, `memory.pressure`,
+/// `io.pressure`), µs: time in which some (`some`) or all (`full`) of the cgroup's
+/// non-idle tasks were stalled on the resource. `full` is absent from `cpu.pressure`
+/// before 5.13.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PressureTotals {
+    pub some_us: u64,
+    pub full_us: Option<u64>,
+}
+
+/// The three PSI files of a cgroup v2 directory; each `None` where the kernel has no
+/// such file (PSI off, or a kernel without it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pressure {
+    pub cpu: Option<PressureTotals>,
+    pub memory: Option<PressureTotals>,
+    pub io: Option<PressureTotals>,
+}
+
+/// Parses a PSI file: `some avg10=0.00 avg60=0.00 avg300=0.00 total=N` and the same
+/// for `full`.
+pub fn parse_pressure(text: &str) -> Result<PressureTotals, String> {
+    let mut some = None;
+    let mut full = None;
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let slot = match words.next() {
+            Some("some") => &mut some,
+            Some("full") => &mut full,
+            _ => continue,
+        };
+        let total = words
+            .find_map(|w| w.strip_prefix("total="))
+            .ok_or_else(|| format!("no total= in {line:?}"))?;
+        *slot = Some(parse_u64(total)?);
+    }
+    Ok(PressureTotals {
+        some_us: some.ok_or("no `some` line")?,
+        full_us: full,
+    })
+}
+
+/// The `oom_kill` count of v2 `memory.events` or v1 `memory.oom_control` (both
+/// flat-keyed; v1 has it since 4.13, absent before).
+pub fn parse_oom_kill(text: &str) -> Result<Option<u64>, String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .map(|v| parse_u64(v.trim()))
+        .transpose()
+}
+
 pub fn parse_u64(text: &str) -> Result<u64, String> {
     let t = text.trim();
     t.parse()
@@ -443,6 +494,28 @@ impl CgroupDir {
         })
     }
 
+    /// v2 `cpu.pressure`, `memory.pressure`, `io.pressure` (absent without PSI).
+    pub fn read_pressure(&self, resource: &str) -> Result<Option<PressureTotals>, CgroupError> {
+        let file = match resource {
+            "cpu" => "cpu.pressure",
+            "memory" => "memory.pressure",
+            _ => "io.pressure",
+        };
+        self.read_file(file, parse_pressure)
+    }
+
+    /// v2 `memory.events`' `oom_kill`.
+    pub fn read_memory_events_oom_kill(&self) -> Result<Option<u64>, CgroupError> {
+        Ok(self.read_file("memory.events", parse_oom_kill)?.flatten())
+    }
+
+    /// v1 `memory.oom_control`'s `oom_kill` (4.13+).
+    pub fn read_memory_oom_control_oom_kill(&self) -> Result<Option<u64>, CgroupError> {
+        Ok(self
+            .read_file("memory.oom_control", parse_oom_kill)?
+            .flatten())
+    }
+
     /// v1 `cpu.cfs_quota_us`; `-1` (no quota) reads as [`Limit::Max`].
     pub fn read_cpu_cfs_quota_us(&self) -> Result<Option<Limit>, CgroupError> {
         self.read_file("cpu.cfs_quota_us", |t| match t.trim() {
@@ -642,6 +715,29 @@ impl TaskCgroups {
         })
     }
 
+    /// Pressure stall totals, cgroup v2 only (the files do not exist on v1).
+    pub fn read_pressure(&self) -> Result<Option<Pressure>, CgroupError> {
+        let Some(dir) = &self.v2 else {
+            return Ok(None);
+        };
+        let pressure = Pressure {
+            cpu: dir.read_pressure("cpu")?,
+            memory: dir.read_pressure("memory")?,
+            io: dir.read_pressure("io")?,
+        };
+        Ok((pressure != Pressure::default()).then_some(pressure))
+    }
+
+    /// Processes the kernel's OOM killer killed in the task's memory cgroup: v1
+    /// `memory.oom_control`, else v2 `memory.events`.
+    pub fn read_oom_kills(&self) -> Result<Option<u64>, CgroupError> {
+        match (&self.memory, &self.v2) {
+            (Some(dir), _) => dir.read_memory_oom_control_oom_kill(),
+            (None, Some(dir)) => dir.read_memory_events_oom_kill(),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// The directory whose membership defines the task's processes.
     pub fn procs_dir(&self) -> Option<&CgroupDir> {
         self.v2
@@ -667,6 +763,33 @@ impl TaskCgroups {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pressure_and_oom_kills() {
+        let cpu = "some avg10=1.50 avg60=0.00 avg300=0.00 total=123456\n\
+                   full avg10=0.00 avg60=0.00 avg300=0.00 total=789\n";
+        assert_eq!(
+            parse_pressure(cpu),
+            Ok(PressureTotals {
+                some_us: 123456,
+                full_us: Some(789)
+            })
+        );
+        // cpu.pressure before 5.13 has no `full` line.
+        let old = "some avg10=0.00 avg60=0.00 avg300=0.00 total=5\n";
+        assert_eq!(parse_pressure(old).unwrap().full_us, None);
+        assert!(parse_pressure("full avg10=0.00 total=1\n").is_err());
+        assert!(parse_pressure("some avg10=0.00\n").is_err());
+        let events = "low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\noom_group_kill 0\n";
+        assert_eq!(parse_oom_kill(events), Ok(Some(2)));
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 7\n";
+        assert_eq!(parse_oom_kill(v1), Ok(Some(7)));
+        assert_eq!(
+            parse_oom_kill("oom_kill_disable 0\nunder_oom 0\n"),
+            Ok(None)
+        );
+        assert!(parse_oom_kill("oom_kill x\n").is_err());
+    }
 
     #[test]
     fn parses_keyed_files_and_ignores_unknown_lines() {

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::{
     fastmap::FastMap,
-    sample::{CpuTimes, ProcessMemory, ProcessSample},
+    sample::{CpuTimes, KernelCounters, ProcessMemory, ProcessSample},
 };
 use crate::kernel::{
     AttachedPrograms, Attribution, KernelAccounting, KernelError, KernelFeatures, KernelOptions,
@@ -294,7 +294,7 @@ impl EbpfSource {
     /// Brings every tracked cgroup's counters up to now (the threads running on each CPU
     /// included) and reads them into `out`: cumulative CPU by cgroup id, exited threads
     /// included.
-    pub fn read(&mut self, out: &mut FastMap<u64, CpuTimes>) -> Result<(), KernelError> {
+    pub fn read(&mut self, out: &mut FastMap<u64, KernelCounters>) -> Result<(), KernelError> {
         let failed = self.kernel.checkpoint();
         if failed > 0 {
             self.checkpoint_failures += u64::from(failed);
@@ -311,10 +311,15 @@ impl EbpfSource {
             if let Some(cpu) = self.counters.get(slot as usize) {
                 out.insert(
                     id,
-                    CpuTimes {
-                        run_ns: cpu.run_ns,
-                        user_ns: cpu.user_ns,
-                        system_ns: cpu.system_ns,
+                    KernelCounters {
+                        cpu: CpuTimes {
+                            run_ns: cpu.run_ns,
+                            user_ns: cpu.user_ns,
+                            system_ns: cpu.system_ns,
+                        },
+                        wait_ns: cpu.wait_ns,
+                        processes_started: cpu.processes_started,
+                        processes_exited: cpu.processes_exited,
                     },
                 );
             }

@@ -43,7 +43,7 @@ use self::{
     ebpf::EbpfSource,
     fastmap::FastMap,
     rates::{total_ticks, CounterTrack, CpuRates},
-    sample::{CpuTimes, ProcessSample},
+    sample::{KernelCounters, ProcessSample},
     tasks::{Members, TaskEntry, TaskKey, TaskSet},
 };
 use crate::{
@@ -169,7 +169,7 @@ pub struct Collector {
     ticks_per_percent: f64,
     /// Cumulative CPU per tracked cgroup id from the last kernel reading (exited threads
     /// included); kept between cycles to reuse its allocation.
-    kernel_cpu: FastMap<u64, CpuTimes>,
+    kernel_cpu: FastMap<u64, KernelCounters>,
     scratch: Scratch,
 }
 
@@ -588,6 +588,10 @@ impl Collector {
         };
         let mut figures = Vec::with_capacity(tasks.len());
         let mut detailed = true;
+        let wait_measured = self
+            .ebpf
+            .as_ref()
+            .is_some_and(|e| e.features().cpu_wait.enabled);
         for ((_, name), task) in tasks {
             let Some(f) = &task.figures else {
                 continue;
@@ -601,6 +605,7 @@ impl Collector {
                     Members::Cgroups(_) => Vec::new(),
                 },
                 cpu_total_ns: task.cpu_total_ns,
+                extra: task.extra_figures(wait_measured),
             });
             figures.push((name.clone(), Arc::clone(f)));
         }
@@ -684,7 +689,7 @@ fn alloc_tasks_mut<'a>(
 /// processes are always sampled.
 fn task_cpu(
     task: &mut TaskEntry,
-    kernel: Option<&FastMap<u64, CpuTimes>>,
+    kernel: Option<&FastMap<u64, KernelCounters>>,
     sources: &mut Sources<'_>,
     want_processes: bool,
     at: Instant,
@@ -693,6 +698,7 @@ fn task_cpu(
         // No cumulative counter of the task's own this way: a later switch to the
         // kernel's starts from a first sample.
         task.cpu = CounterTrack::default();
+        task.clear_kernel_counters();
         let processes = sources.processes_of(task)?;
         let total_ns = processes.iter().map(|p| p.cpu.run_ns).sum();
         let processes = pid_rates(task, processes, at);
@@ -708,14 +714,16 @@ fn task_cpu(
             processes: Some(processes),
         });
     };
-    let mut cumulative = CpuTimes::default();
+    let mut counters = KernelCounters::default();
     for id in &task.attribution {
-        if let Some(cpu) = kernel.get(id) {
-            cumulative = cumulative.saturating_add(*cpu);
+        if let Some(c) = kernel.get(id) {
+            counters = counters.saturating_add(*c);
         }
     }
+    let cumulative = counters.cpu;
     let identity = task.identity();
     let rates = task.cpu.update(identity, cumulative, at);
+    task.set_kernel_counters(counters, at);
     let processes = if want_processes {
         let processes = sources.processes_of(task)?;
         Some(pid_rates(task, processes, at))
@@ -769,15 +777,21 @@ fn refresh_cgroup_figures(task: &mut TaskEntry, at: Instant) -> Result<(), bool>
     };
     let memory = cgroups.read_memory();
     let throttling = cgroups.read_throttling();
-    match (memory, throttling) {
-        (Ok(memory), Ok(throttling)) => {
+    let pressure = cgroups.read_pressure();
+    let oom_kills = cgroups.read_oom_kills();
+    match (memory, throttling, pressure, oom_kills) {
+        (Ok(memory), Ok(throttling), Ok(pressure), Ok(oom_kills)) => {
             task.memory = Some(memory);
             task.throttling = throttling;
+            task.pressure = pressure;
+            task.oom_kills = oom_kills;
             task.cgroups_read_at = Some(at);
             Ok(())
         }
-        (Err(e), _) | (_, Err(e)) if e.is_vanished() => Err(true),
-        (Err(e), _) | (_, Err(e)) => {
+        (Err(e), ..) | (_, Err(e), ..) | (.., Err(e), _) | (.., Err(e)) if e.is_vanished() => {
+            Err(true)
+        }
+        (Err(e), ..) | (_, Err(e), ..) | (.., Err(e), _) | (.., Err(e)) => {
             warn!(error = %e, "reading a task's cgroup");
             Err(false)
         }

@@ -10,6 +10,29 @@ pub struct CpuTimes {
     pub system_ns: u64,
 }
 
+/// What the kernel counts for one tracked cgroup (or, summed, one task), cumulative:
+/// CPU time, run-queue wait, and processes started and exited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub cpu: CpuTimes,
+    pub wait_ns: u64,
+    pub processes_started: u64,
+    pub processes_exited: u64,
+}
+
+impl KernelCounters {
+    pub fn saturating_add(self, other: KernelCounters) -> KernelCounters {
+        KernelCounters {
+            cpu: self.cpu.saturating_add(other.cpu),
+            wait_ns: self.wait_ns.saturating_add(other.wait_ns),
+            processes_started: self
+                .processes_started
+                .saturating_add(other.processes_started),
+            processes_exited: self.processes_exited.saturating_add(other.processes_exited),
+        }
+    }
+}
+
 /// Resident and swapped memory of one process, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcessMemory {

@@ -14,15 +14,16 @@ use tracing::{debug, info, warn};
 use super::{
     assemble::{PidFigures, TaskFigures},
     rates::{CounterTrack, CpuRates},
+    sample::KernelCounters,
 };
 use crate::{
     cgroup::{
-        CgroupDir, DiscoveredTask, Discovery, Hierarchies, MemoryFigures, TaskCgroups,
-        ThrottleFigures,
+        CgroupDir, DiscoveredTask, Discovery, Hierarchies, MemoryFigures, Pressure, PressureTotals,
+        TaskCgroups, ThrottleFigures,
     },
     config::StaticAllocation,
     kernel::Attribution,
-    snapshot::AllocOrigin,
+    snapshot::{AllocOrigin, CpuWait, PressureSeconds, ProcessChurn, TaskExtra, TaskPressure},
 };
 
 /// (allocation ID, task name).
@@ -64,6 +65,15 @@ pub struct TaskEntry {
     pub memory: Option<MemoryFigures>,
     pub throttling: ThrottleFigures,
     pub cgroups_read_at: Option<Instant>,
+    /// Pressure stall totals (cgroup v2) and OOM kills, as last read with the memory.
+    pub pressure: Option<Pressure>,
+    pub oom_kills: Option<u64>,
+    /// What the kernel counted for the task (eBPF source), and the run-queue wait over
+    /// the last interval as a share of wall time.
+    kernel_counters: Option<KernelCounters>,
+    wait_share: Option<f64>,
+    /// The cumulative wait and when it was read, for the next interval's share.
+    wait_prev: Option<(u64, Instant)>,
     /// Cumulative CPU ns (see `TaskInfo::cpu_total_ns`).
     pub cpu_total_ns: u64,
     /// The figures of the last cycle, shared with the snapshot that shows them.
@@ -98,8 +108,65 @@ impl TaskEntry {
             memory: None,
             throttling: ThrottleFigures::default(),
             cgroups_read_at: None,
+            pressure: None,
+            oom_kills: None,
+            kernel_counters: None,
+            wait_share: None,
+            wait_prev: None,
             cpu_total_ns: 0,
             figures: None,
+        }
+    }
+
+    /// Records what the kernel counted for the task this cycle, and the share of the
+    /// interval its threads waited on a run queue. A counter that went down (the task's
+    /// cgroups changed, or the kernel map was rebuilt) gives no share this cycle.
+    pub fn set_kernel_counters(&mut self, counters: KernelCounters, at: Instant) {
+        self.wait_share = match self.wait_prev {
+            Some((wait, then)) if counters.wait_ns >= wait && at > then => {
+                Some((counters.wait_ns - wait) as f64 / (at - then).as_nanos() as f64)
+            }
+            _ => None,
+        };
+        self.wait_prev = Some((counters.wait_ns, at));
+        self.kernel_counters = Some(counters);
+    }
+
+    /// The task is measured from /proc this cycle: nothing kernel-counted to show.
+    pub fn clear_kernel_counters(&mut self) {
+        self.kernel_counters = None;
+        self.wait_share = None;
+        self.wait_prev = None;
+    }
+
+    /// The figures beyond Nomad's for the allocations list. `wait_measured`: the kernel
+    /// keeps run-queue delays (else the wait is absent, not 0).
+    pub fn extra_figures(&self, wait_measured: bool) -> TaskExtra {
+        let seconds = |us: u64| us as f64 / 1e6;
+        let totals = |p: Option<PressureTotals>| {
+            p.map(|p| PressureSeconds {
+                some_seconds: seconds(p.some_us),
+                full_seconds: p.full_us.map(seconds),
+            })
+        };
+        TaskExtra {
+            cpu_wait: self
+                .kernel_counters
+                .filter(|_| wait_measured)
+                .map(|k| CpuWait {
+                    total_seconds: k.wait_ns as f64 / 1e9,
+                    percent: self.wait_share.map(|s| s * 100.0),
+                }),
+            processes: self.kernel_counters.map(|k| ProcessChurn {
+                started: k.processes_started,
+                exited: k.processes_exited,
+            }),
+            oom_kills: self.oom_kills,
+            pressure: self.pressure.map(|p| TaskPressure {
+                cpu: totals(p.cpu),
+                memory: totals(p.memory),
+                io: totals(p.io),
+            }),
         }
     }
 
