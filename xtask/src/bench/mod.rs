@@ -5,7 +5,8 @@
 //! Modules: [`cleanup`] (teardown on every path), [`cgroups`] and [`workload`] (the
 //! scenarios), [`daemon`], [`process`] and [`http`] (the daemon and what /proc says of
 //! it), [`measure`] (one daemon run), [`kernel`] (bpf_stats, pipe slowdown), [`api`]
-//! (wrk against the daemon and a plain warp server; pidstat), [`report`] and [`plot`].
+//! (wrk against the daemon and a plain warp server; pidstat), [`report`] and [`plot`];
+//! [`quick`]: `--quick`, the headline figures only, as a table on the terminal.
 
 pub(crate) mod api;
 pub(crate) mod cgroups;
@@ -16,6 +17,7 @@ mod kernel;
 mod measure;
 mod plot;
 pub(crate) mod process;
+mod quick;
 mod report;
 mod stats;
 pub(crate) mod workload;
@@ -41,19 +43,21 @@ use self::{
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Smoke version (a few minutes): one run per source, short windows, no 10k-idle.
+    /// The headline figures only, in under 5 minutes, printed as a table (nothing is
+    /// written): eBPF against procfs at 1k and 10k processes, the sched_switch cost
+    /// against an empty program, daemon CPU and RSS. The other flags do not apply.
     #[arg(long)]
     pub quick: bool,
     /// Scenarios, comma-separated: 100, 1k, 10k, 10k-idle, pipe, churn [default: all].
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
-    /// Runs per source and scenario, the sources alternated [default: 5; quick: 1].
+    /// Runs per source and scenario, the sources alternated [default: 5].
     #[arg(long)]
     pub runs: Option<usize>,
-    /// Measured collection cycles per run [default: 20; quick: 5].
+    /// Measured collection cycles per run [default: 20].
     #[arg(long)]
     pub cycles: Option<u64>,
-    /// Rounds of the pipe slowdown (no daemon / eBPF / procfs) [default: 15; quick: 3].
+    /// Rounds of the pipe slowdown (no daemon / eBPF / procfs) [default: 15].
     #[arg(long)]
     pub pipe_rounds: Option<usize>,
     /// Skip the API throughput test (wrk).
@@ -67,8 +71,9 @@ pub struct BenchArgs {
 /// Everything the run decided, for the report.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    pub quick: bool,
     pub runs: usize,
+    /// Whether the scale scenarios also run the `--detail-all` eBPF arm.
+    pub detailed_arm: bool,
     pub settings: Settings,
     pub pipe_rounds: usize,
     pub pipe_loops: u64,
@@ -158,11 +163,7 @@ pub(crate) fn progress_printer(started: Instant) -> impl Fn(&str) {
 
 fn pick_scenarios(args: &BenchArgs) -> Result<Vec<Spec>> {
     if args.scenarios.is_empty() {
-        return Ok(workload::ALL
-            .iter()
-            .copied()
-            .filter(|s| !(args.quick && s.key == "10k-idle"))
-            .collect());
+        return Ok(workload::ALL.to_vec());
     }
     args.scenarios
         .iter()
@@ -176,10 +177,25 @@ fn pick_scenarios(args: &BenchArgs) -> Result<Vec<Spec>> {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    cleanup::unless_interrupted(run_all(args))
+    cleanup::unless_interrupted(if args.quick {
+        quick::run()
+    } else {
+        run_all(args)
+    })
 }
 
-fn run_all(args: BenchArgs) -> Result<()> {
+/// The binaries a benchmark runs.
+pub(crate) struct Binaries {
+    pub daemon: PathBuf,
+    /// `bench-load`: the scenarios' processes.
+    pub helper: PathBuf,
+    /// `plain-warp`: the API ceiling.
+    pub plain: PathBuf,
+}
+
+/// Root check, packages, release builds, and the host taken over (see
+/// [`take_over_host`]).
+pub(crate) fn prepare() -> Result<Binaries> {
     if !is_root() {
         bail!(
             "the benchmark must run as root: it creates cgroups under /sys/fs/cgroup, moves \
@@ -187,50 +203,59 @@ fn run_all(args: BenchArgs) -> Result<()> {
              kernel.bpf_stats_enabled. Run it as root, e.g. `sudo -E cargo xtask bench`."
         );
     }
-    let started = Instant::now();
-    let progress = progress_printer(started);
-    let specs = pick_scenarios(&args)?;
-    let quick = args.quick;
-    let plan = Plan {
-        quick,
-        runs: args.runs.unwrap_or(if quick { 1 } else { 5 }).max(1),
-        settings: Settings {
-            interval: Duration::from_secs(1),
-            warmup_cycles: 3,
-            cycles: args.cycles.unwrap_or(if quick { 5 } else { 20 }).max(2),
-            accuracy_cycles: if quick { 5 } else { 10 },
-        },
-        pipe_rounds: args
-            .pipe_rounds
-            .unwrap_or(if quick { 3 } else { 15 })
-            .max(1),
-        pipe_loops: if quick { 100_000 } else { 200_000 },
-        api_rounds: match (args.no_api, quick) {
-            (true, _) => 0,
-            (false, true) => 1,
-            (false, false) => 5,
-        },
-        api_seconds: if quick { 3 } else { 8 },
-        pidstat_runs: if quick { 1 } else { 3 },
-        pidstat_intervals: if quick { 5 } else { 10 },
-        command: std::iter::once("cargo xtask".to_owned())
-            .chain(std::env::args().skip(1))
-            .collect::<Vec<_>>()
-            .join(" "),
-    };
-
     setup::ensure(&setup::Needs::bench())?;
-    let [daemon_bin] = build_release(
+    let [daemon] = build_release(
         "building the daemon (release, eBPF programs included)",
         "collector-user",
         ["nomad-collector"],
     )?;
-    let [helper_bin, plain_bin] = build_release(
+    let [helper, plain] = build_release(
         "building the benchmark helpers (bench-load, plain-warp; release)",
         "xtask",
         ["bench-load", "plain-warp"],
     )?;
     take_over_host()?;
+    Ok(Binaries {
+        daemon,
+        helper,
+        plain,
+    })
+}
+
+/// The command line as typed, for the report.
+fn command_line() -> String {
+    std::iter::once("cargo xtask".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn run_all(args: BenchArgs) -> Result<()> {
+    let started = Instant::now();
+    let progress = progress_printer(started);
+    let specs = pick_scenarios(&args)?;
+    let plan = Plan {
+        runs: args.runs.unwrap_or(5).max(1),
+        detailed_arm: true,
+        settings: Settings {
+            interval: Duration::from_secs(1),
+            warmup_cycles: 3,
+            cycles: args.cycles.unwrap_or(20).max(2),
+            accuracy_cycles: 10,
+        },
+        pipe_rounds: args.pipe_rounds.unwrap_or(15).max(1),
+        pipe_loops: 200_000,
+        api_rounds: if args.no_api { 0 } else { 5 },
+        api_seconds: 8,
+        pidstat_runs: 3,
+        pidstat_intervals: 10,
+        command: command_line(),
+    };
+    let Binaries {
+        daemon: daemon_bin,
+        helper: helper_bin,
+        plain: plain_bin,
+    } = prepare()?;
 
     let machine = report::Machine::probe();
     if machine.load_before > machine.cores as f64 {
@@ -297,7 +322,7 @@ fn run_all(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_scenario(
+pub(crate) fn run_scenario(
     spec: Spec,
     plan: &Plan,
     daemon_bin: &Path,
@@ -326,7 +351,7 @@ fn run_scenario(
         // The detailed eBPF arm (every allocation's processes every interval) only where
         // there are many: it is the comparison that shows what the default saves.
         let mut sources = vec![Source::Ebpf, Source::Procfs];
-        if matches!(spec.load, Load::Sleepers { .. }) {
+        if plan.detailed_arm && matches!(spec.load, Load::Sleepers { .. }) {
             sources.push(Source::EbpfDetailed);
         }
         for round in 0..plan.runs {
