@@ -67,7 +67,7 @@ fn encode(rows: &Arc<TaskRows>, part: Part, format: Format) -> Bytes {
         (Part::End, Format::OpenMetrics) => text::encode_eof(&mut out),
         _ => {
             if let Part::Task(_) = part {
-                out.reserve(rows.allocations() * SAMPLE_BYTES);
+                out.reserve(rows.len() * SAMPLE_BYTES);
             }
             let mut registry = Registry::default();
             registry.register_collector(Box::new(PartCollector {
@@ -116,7 +116,7 @@ fn encode_task_family(rows: &TaskRows, i: usize, encoder: &mut DescriptorEncoder
     // leaves out the gauges.
     let mut family = None;
     for row in rows.iter() {
-        let Some(value) = (task.value)(&row.figures) else {
+        let Some(value) = row.value(i) else {
             continue;
         };
         if family.is_none() {

@@ -127,7 +127,10 @@ pub struct TaskFamily {
 
 const NS_PER_SEC: f64 = 1e9;
 
-pub static TASK: [TaskFamily; 17] = [
+/// How many per-task families there are.
+pub const TASK_FAMILIES: usize = 17;
+
+pub static TASK: [TaskFamily; TASK_FAMILIES] = [
     TaskFamily {
         family: Family::gauge(
             "nomad_client_allocs_cpu_total_percent",

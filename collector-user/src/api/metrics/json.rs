@@ -12,8 +12,8 @@ use std::{collections::BTreeMap, sync::Arc};
 use bytes::Bytes;
 
 use super::{
-    families::{HealthInput, TaskFigures, HEALTH, SOURCE_JSON, TASK},
-    TaskRows,
+    families::{HealthInput, HEALTH, SOURCE_JSON, TASK},
+    TaskRow, TaskRows,
 };
 use crate::{
     model::{Gauge, MetricsSummary},
@@ -25,19 +25,20 @@ use crate::{
 pub fn gauges(snapshot: &Arc<Snapshot>, host: &Arc<str>) -> Vec<Gauge> {
     let mut out = Vec::new();
     for row in TaskRows::new(snapshot.clone(), host.clone()).iter() {
-        task_gauges(row.labels(), &row.figures, &mut out);
+        task_gauges(&row, &mut out);
     }
     health_gauges(snapshot, &mut out);
     out
 }
 
-fn task_gauges(labels: &[(&str, &str)], figures: &TaskFigures<'_>, out: &mut Vec<Gauge>) {
-    let labels: BTreeMap<String, String> = labels
+fn task_gauges(row: &TaskRow<'_>, out: &mut Vec<Gauge>) {
+    let labels: BTreeMap<String, String> = row
+        .labels()
         .iter()
         .map(|&(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-    for task in &TASK {
-        let (Some(name), Some(value)) = (task.json, (task.value)(figures)) else {
+    for (i, task) in TASK.iter().enumerate() {
+        let (Some(name), Some(value)) = (task.json, row.value(i)) else {
             continue;
         };
         out.push(Gauge {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::snapshot::{AllocEntry, Snapshot};
 
-use families::TaskFigures;
+use families::{TaskFigures, TASK, TASK_FAMILIES};
 
 pub mod exposition;
 pub mod families;
@@ -89,75 +89,54 @@ pub fn hostname() -> String {
 /// `namespace` when known, and `host`.
 pub type TaskLabels<'a> = [(&'static str, &'a str)];
 
-/// One task's labels and figures.
+/// One task: its allocation, its name and the value of each [`TASK`] family (NaN where
+/// the task did not measure the figure).
+struct Row {
+    alloc: usize,
+    task: String,
+    values: [f64; TASK_FAMILIES],
+}
+
+/// One task's labels and figures, as a renderer reads them.
 pub struct TaskRow<'a> {
     labels: [(&'static str, &'a str); 6],
     len: usize,
-    pub figures: TaskFigures<'a>,
+    values: &'a [f64; TASK_FAMILIES],
 }
 
 impl<'a> TaskRow<'a> {
     pub fn labels(&self) -> &TaskLabels<'a> {
         &self.labels[..self.len]
     }
+
+    /// The value of `TASK[family]`, `None` when the task did not measure it.
+    pub fn value(&self, family: usize) -> Option<f64> {
+        Some(self.values[family]).filter(|v| !v.is_nan())
+    }
 }
 
-/// Every task of a snapshot, allocations by ID and tasks by name: sorted once per
-/// render, then walked once per family. Owns what it reads, so that a streamed body can
-/// carry it from chunk to chunk.
+/// Every task of a snapshot, allocations by ID and tasks by name, reduced to its labels'
+/// sources and its figures: read once per render, then walked once per family. Nomad's
+/// per-task types are built one allocation at a time and dropped at once (see
+/// [`AllocEntry::with_tasks`]). Owns what it reads, so that a streamed body can carry it
+/// from chunk to chunk.
 pub struct TaskRows {
     snapshot: Arc<Snapshot>,
     host: Arc<str>,
     allocs: Vec<Arc<AllocEntry>>,
+    rows: Vec<Row>,
 }
 
 impl TaskRows {
     pub fn new(snapshot: Arc<Snapshot>, host: Arc<str>) -> Self {
         let mut allocs: Vec<Arc<AllocEntry>> = snapshot.allocations.values().cloned().collect();
         allocs.sort_unstable_by(|a, b| a.info.id.cmp(&b.info.id));
-        Self {
-            snapshot,
-            host,
-            allocs,
-        }
-    }
-
-    pub fn snapshot(&self) -> &Snapshot {
-        &self.snapshot
-    }
-
-    /// Allocations of the snapshot: a hint for buffer sizes (most have one task).
-    pub fn allocations(&self) -> usize {
-        self.allocs.len()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = TaskRow<'_>> + '_ {
-        let host: &str = &self.host;
-        self.allocs.iter().flat_map(move |alloc| {
+        let mut rows = Vec::with_capacity(allocs.len());
+        for (index, alloc) in allocs.iter().enumerate() {
             let info = &alloc.info;
-            alloc.tasks().iter().map(move |(task, usage)| {
-                let mut labels = [("", ""); 6];
-                let mut len = 0;
-                let optional = [
-                    ("job", &info.job),
-                    ("task_group", &info.task_group),
-                    ("namespace", &info.namespace),
-                ];
-                let present = optional
-                    .into_iter()
-                    .filter_map(|(key, value)| Some((key, value.as_deref()?)));
-                for label in [("alloc_id", info.id.as_str()), ("task", task.as_str())]
-                    .into_iter()
-                    .chain(present)
-                    .chain([("host", host)])
-                {
-                    labels[len] = label;
-                    len += 1;
-                }
-                TaskRow {
-                    labels,
-                    len,
-                    figures: TaskFigures {
+            alloc.with_tasks(|tasks| {
+                for (task, usage) in tasks {
+                    let figures = TaskFigures {
                         cpu: &usage.resource_usage.cpu_stats,
                         memory: &usage.resource_usage.memory_stats,
                         cpu_total_ns: info
@@ -165,9 +144,65 @@ impl TaskRows {
                             .iter()
                             .find(|t| &t.name == task)
                             .map(|t| t.cpu_total_ns),
-                    },
+                    };
+                    rows.push(Row {
+                        alloc: index,
+                        task: task.clone(),
+                        values: std::array::from_fn(|i| {
+                            (TASK[i].value)(&figures).unwrap_or(f64::NAN)
+                        }),
+                    });
                 }
-            })
+            });
+        }
+        Self {
+            snapshot,
+            host,
+            allocs,
+            rows,
+        }
+    }
+
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// Tasks of the snapshot.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = TaskRow<'_>> + '_ {
+        let host: &str = &self.host;
+        self.rows.iter().map(move |row| {
+            let info = &self.allocs[row.alloc].info;
+            let mut labels = [("", ""); 6];
+            let mut len = 0;
+            let optional = [
+                ("job", &info.job),
+                ("task_group", &info.task_group),
+                ("namespace", &info.namespace),
+            ];
+            let present = optional
+                .into_iter()
+                .filter_map(|(key, value)| Some((key, value.as_deref()?)));
+            for label in [("alloc_id", info.id.as_str()), ("task", row.task.as_str())]
+                .into_iter()
+                .chain(present)
+                .chain([("host", host)])
+            {
+                labels[len] = label;
+                len += 1;
+            }
+            TaskRow {
+                labels,
+                len,
+                values: &row.values,
+            }
         })
     }
 }
