@@ -51,7 +51,7 @@ impl Needs {
     }
 
     /// `cargo xtask deb` and its test: the build, plus dpkg, `systemd-analyze verify`
-    /// for the unit and `setpriv` to run the installed daemon with the unit's
+    /// (and man) for the unit and `setpriv` to run the installed daemon with the unit's
     /// capabilities (no systemd runs as PID 1 on a CI machine). cargo-deb itself is
     /// checked by [`ensure_cargo_deb`].
     pub fn package() -> Self {
@@ -60,6 +60,8 @@ impl Needs {
             ("dpkg-deb", "dpkg"),
             ("systemd-analyze", "systemd"),
             ("setpriv", "util-linux"),
+            // The unit's Documentation=man:nomad-collector(1), which verify looks up.
+            ("man", "man-db"),
         ]);
         needs
     }
