@@ -136,7 +136,14 @@ fn run(flags: &Flags, config: Config) -> Result<()> {
         _ => None,
     };
     let acl = Acl::new(config.acl_tokens()?);
-    security::drop_privileges(config.security.user.as_deref()).context("dropping privileges")?;
+    // Only a kernel-side source reads bpf maps after start-up.
+    let keep: &[u32] = if collector.ebpf().is_some() && security::bpf_needs_capability() {
+        &[security::CAP_BPF]
+    } else {
+        &[]
+    };
+    security::drop_privileges(config.security.user.as_deref(), keep)
+        .context("dropping privileges")?;
 
     let store = Arc::new(SnapshotStore::default());
     let runner = Runner::spawn(collector, Arc::clone(&store), config.interval);

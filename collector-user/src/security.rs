@@ -10,7 +10,7 @@
 use std::{ffi::CString, io};
 
 use thiserror::Error;
-use tracing::info;
+use tracing::{info, warn};
 
 #[derive(Debug, Error)]
 pub enum SecurityError {
@@ -92,15 +92,63 @@ pub fn effective_capabilities() -> String {
         .unwrap_or_default()
 }
 
-/// Drops every capability, optionally switching to `user` first.
-pub fn drop_privileges(user: Option<&str>) -> Result<(), SecurityError> {
+/// `CAP_BPF` (Linux 5.8+).
+pub const CAP_BPF: u32 = 39;
+
+/// Whether a thread without capabilities is refused every `bpf(2)` command, even on
+/// descriptors it holds: kernels before 6.5 check `unprivileged_bpf_disabled` for every
+/// command (Debian's 5.10 sets it), later ones only for loading programs and creating
+/// maps. Probed on a short-lived thread that drops its own capabilities (they are
+/// per-thread), with a lookup on an invalid descriptor: `EPERM` is the refusal, `EBADF`
+/// means the command got past that check.
+pub fn bpf_needs_capability() -> bool {
+    std::thread::spawn(|| {
+        let mut header = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let data = [CapData::default(); 2];
+        // SAFETY: capset with a valid header and two data structs (version 3); it changes
+        // only this thread's capabilities.
+        let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+        if rc < 0 {
+            return false;
+        }
+        // union bpf_attr for BPF_MAP_LOOKUP_ELEM: map_fd, pad, key, value, flags.
+        let mut attr = [0u64; 4];
+        attr[0] = u64::from(u32::MAX); // map_fd = -1
+                                       // SAFETY: attr is a valid, zeroed buffer of the size passed, for the whole call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                1, // BPF_MAP_LOOKUP_ELEM
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(&attr) as libc::c_uint,
+            )
+        };
+        rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    })
+    .join()
+    .unwrap_or(false)
+}
+
+/// Drops every capability but those in `keep` (see [`bpf_needs_capability`]),
+/// optionally switching to `user` first.
+pub fn drop_privileges(user: Option<&str>, keep: &[u32]) -> Result<(), SecurityError> {
     // SAFETY: prctl/setgroups/setgid/setuid/capset take plain integers or pointers to
     // values that live for the call.
     unsafe {
         // The bounding set first: emptying it needs CAP_SETPCAP, which is gone once the
         // user changes. Effective capabilities are untouched by this, so setuid below
         // still works.
-        for cap in 0..=last_cap() {
+        if !keep.is_empty() && user.is_some() {
+            // Keep the permitted set across setuid, to retain `keep` below.
+            check(
+                "prctl(PR_SET_KEEPCAPS)",
+                libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0),
+            )?;
+        }
+        for cap in (0..=last_cap()).filter(|cap| !keep.contains(cap)) {
             let rc = libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
             // EINVAL: a capability this kernel does not know. EPERM: started without
             // CAP_SETPCAP (an unprivileged user), whose bounding set cannot give it
@@ -132,17 +180,30 @@ pub fn drop_privileges(user: Option<&str>) -> Result<(), SecurityError> {
             version: LINUX_CAPABILITY_VERSION_3,
             pid: 0,
         };
-        let data = [CapData::default(); 2];
+        let mut data = [CapData::default(); 2];
+        for &cap in keep {
+            let bit = 1u32 << (cap % 32);
+            data[(cap / 32) as usize].effective |= bit;
+            data[(cap / 32) as usize].permitted |= bit;
+        }
         check(
             "capset",
             libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) as libc::c_int,
         )?;
     }
-    let left = effective_capabilities();
-    if left.trim_start_matches('0').is_empty() {
-        info!("dropped every capability (no_new_privs set)");
-        Ok(())
-    } else {
-        Err(SecurityError::StillPrivileged(left))
+    let left = u64::from_str_radix(effective_capabilities().trim(), 16).unwrap_or(u64::MAX);
+    let allowed = keep.iter().fold(0u64, |mask, &cap| mask | 1 << cap);
+    if left & !allowed != 0 {
+        return Err(SecurityError::StillPrivileged(format!("{left:016x}")));
     }
+    if keep.is_empty() {
+        info!("dropped every capability (no_new_privs set)");
+    } else {
+        warn!(
+            kept = ?keep,
+            "dropped every capability but CAP_BPF (no_new_privs set): this kernel refuses \
+             every bpf() command to a process without it, even reading its own maps"
+        );
+    }
+    Ok(())
 }
