@@ -35,7 +35,9 @@ fn stop_process(pid: u32, signal: i32) {
 
 /// Waits until the daemon has taken `cycles` further cycles.
 fn wait_cycles(daemon: &Daemon, cycles: f64) {
-    let start = daemon.metric("nomad_collector_cycles_total", &[]).unwrap_or(0.0);
+    let start = daemon
+        .metric("nomad_collector_cycles_total", &[])
+        .unwrap_or(0.0);
     eventually(Duration::from_secs(20), || {
         (daemon.metric("nomad_collector_cycles_total", &[])? >= start + cycles).then_some(())
     })

@@ -61,7 +61,15 @@ fn first_reason(log: &str) -> String {
         if line.contains("panicked at") {
             // `thread 'x' panicked at file:line:col:` then the message on the next line.
             if let Some(message) = lines.next().filter(|m| !m.trim().is_empty()) {
-                return message.trim().to_owned();
+                // assert_eq! says what differed on the next two lines.
+                let mut reason = message.trim().to_owned();
+                if reason.starts_with("assertion `left") {
+                    for side in lines.by_ref().take(2) {
+                        reason.push_str(", ");
+                        reason.push_str(side.trim());
+                    }
+                }
+                return reason;
             }
             return line.trim().to_owned();
         }
@@ -130,6 +138,13 @@ mod tests {
         assert_eq!(
             judge(101, failed, 60),
             Outcome::Fail("busy loop reads 3%".to_owned())
+        );
+        let unequal = "thread 'x' panicked at a.rs:1:2:\nassertion `left == right` failed\n  left: None\n right: Some(1.0)\n";
+        assert_eq!(
+            judge(101, unequal, 60),
+            Outcome::Fail(
+                "assertion `left == right` failed, left: None, right: Some(1.0)".to_owned()
+            )
         );
         assert_eq!(
             judge(124, "", 60),
