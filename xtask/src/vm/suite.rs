@@ -28,6 +28,16 @@ pub const VM_TESTS: &[(&str, &str)] = &[
     ("reliability", "a_sigkilled_daemon_loses_no_cpu_time"),
     // A process given a reused PID starts from zero.
     ("reliability", "a_reused_pid_starts_from_zero_in_the_api"),
+    // Run-queue wait equals the kernel's schedstat (issue 11), and an OOM kill is
+    // counted from v2 `memory.events`.
+    (
+        "kernel_accounting",
+        "two_busy_tasks_on_one_cpu_each_wait_half_the_time",
+    ),
+    (
+        "signals",
+        "a_task_killed_for_exceeding_its_memory_limit_counts_one_oom_kill",
+    ),
     // An unprivileged start falls back to /proc and still serves right figures.
     (
         "reliability",
