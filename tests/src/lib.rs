@@ -561,6 +561,13 @@ impl ChildGuard {
     }
 }
 
+/// Guards a process a test started itself (Prometheus, a daemon with its own flags).
+impl From<Child> for ChildGuard {
+    fn from(child: Child) -> Self {
+        ChildGuard(Some(child))
+    }
+}
+
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         if let Some(mut child) = self.0.take() {
