@@ -19,7 +19,10 @@ use crate::{
         measured, CpuStats, HostCpuStats, HostDiskStats, HostMemoryStats, HostStats, MemoryStats,
         ResourceUsage, TaskResourceUsage,
     },
-    snapshot::{AllocEntry, AllocInfo, AllocOrigin, CpuSourceKind, Health, Snapshot, TaskInfo},
+    snapshot::{
+        AllocEntry, AllocInfo, AllocOrigin, CpuSourceKind, CpuWait, Health, PressureSeconds,
+        ProcessChurn, Snapshot, TaskExtra, TaskInfo, TaskPressure,
+    },
 };
 
 const ALLOC: &str = "8d3c5bd8-6b2a-4f1e-9a53-6f0b2c7d9e10";
@@ -149,7 +152,7 @@ fn snapshot() -> Snapshot {
                 .into(),
                 pids: vec![],
                 cpu_total_ns: 12_000_000_000,
-                extra: Default::default(),
+                extra: every_extra(),
             },
             TaskInfo {
                 name: "web.frontend".to_owned(),
@@ -250,6 +253,32 @@ fn snapshot() -> Snapshot {
             cycle_errors: 1,
         },
         ..Snapshot::default()
+    }
+}
+
+/// Every figure beyond Nomad's, measured: so that each of their families is served.
+fn every_extra() -> TaskExtra {
+    let totals = |some: f64| {
+        Some(PressureSeconds {
+            some_seconds: some,
+            full_seconds: Some(some / 2.0),
+        })
+    };
+    TaskExtra {
+        cpu_wait: Some(CpuWait {
+            total_seconds: 3.5,
+            percent: Some(25.0),
+        }),
+        processes: Some(ProcessChurn {
+            started: 7,
+            exited: 5,
+        }),
+        oom_kills: Some(1),
+        pressure: Some(TaskPressure {
+            cpu: totals(2.0),
+            memory: totals(1.0),
+            io: totals(0.5),
+        }),
     }
 }
 
@@ -1010,6 +1039,24 @@ async fn metrics_prometheus_text_is_lint_clean() {
     assert!(body.contains(
         r#"nomad_collector_source{source="procfs",fallback_reason="BPF \"denied\"\nby \\ lockdown"} 1"#
     ));
+    // The figures beyond Nomad's, from the task's entry (and only where measured).
+    let redis = [("alloc_id", ALLOC), ("task", "redis")];
+    for (name, value) in [
+        ("nomad_collector_task_cpu_wait_seconds_total", 3.5),
+        ("nomad_collector_task_processes_started_total", 7.0),
+        ("nomad_collector_task_processes_exited_total", 5.0),
+        ("nomad_collector_task_oom_kills_total", 1.0),
+        ("nomad_collector_task_cpu_pressure_some_seconds_total", 2.0),
+        ("nomad_collector_task_io_pressure_full_seconds_total", 0.25),
+    ] {
+        assert_eq!(sample(body, name, &redis), Some(value), "{name}");
+    }
+    assert!(sample(body, "nomad_collector_task_cpu_wait_seconds_total", &batch).is_none());
+    assert_eq!(
+        sample(body, "nomad_collector_ebpf_process_iter_enabled", &[]),
+        Some(0.0),
+        "the fixture's source is /proc"
+    );
     // Every family of the table that this snapshot measures is served.
     for name in metrics::families::sample_names() {
         assert!(

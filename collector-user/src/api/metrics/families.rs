@@ -12,7 +12,7 @@ use prometheus_client::{metrics::MetricType, registry::Unit};
 
 use crate::{
     model::{measured, CpuStats, MemoryStats},
-    snapshot::Health,
+    snapshot::{Health, PressureSeconds, TaskInfo, TaskPressure},
 };
 
 /// What a Prometheus family is: a counter's samples end in `_total` (the encoder adds
@@ -97,13 +97,26 @@ impl Family {
 pub struct TaskFigures<'a> {
     pub cpu: &'a CpuStats,
     pub memory: &'a MemoryStats,
-    /// Cumulative CPU time attributed to the task (`None`: the task is not in the
-    /// allocation's task list, which a snapshot never produces but a reader must not
+    /// The task's entry in the allocation's task list: its cumulative figures (`None`:
+    /// the task is not in the list, which a snapshot never produces but a reader must not
     /// assume).
-    pub cpu_total_ns: Option<u64>,
+    pub info: Option<&'a TaskInfo>,
 }
 
 impl TaskFigures<'_> {
+    fn pressure(
+        &self,
+        resource: fn(&TaskPressure) -> Option<PressureSeconds>,
+        full: bool,
+    ) -> Option<f64> {
+        let totals = resource(self.info?.extra.pressure.as_ref()?)?;
+        if full {
+            totals.full_seconds
+        } else {
+            Some(totals.some_seconds)
+        }
+    }
+
     fn cpu(&self, needs: &str, value: fn(&CpuStats) -> f64) -> Option<f64> {
         self.cpu.measured.contains(&needs).then(|| value(self.cpu))
     }
@@ -128,7 +141,7 @@ pub struct TaskFamily {
 const NS_PER_SEC: f64 = 1e9;
 
 /// How many per-task families there are.
-pub const TASK_FAMILIES: usize = 17;
+pub const TASK_FAMILIES: usize = 27;
 
 pub static TASK: [TaskFamily; TASK_FAMILIES] = [
     TaskFamily {
@@ -250,7 +263,87 @@ pub static TASK: [TaskFamily; TASK_FAMILIES] = [
             "CPU time spent in the task's cgroups since the collector began following it, exited processes included; rate() of it is cores in use.",
         ),
         json: Some("nomad_collector.task.cpu_total_seconds"),
-        value: |t| t.cpu_total_ns.map(|ns| ns as f64 / NS_PER_SEC),
+        value: |t| t.info.map(|i| i.cpu_total_ns as f64 / NS_PER_SEC),
+    },
+    TaskFamily {
+        family: Family::seconds_counter(
+            "nomad_collector_task_cpu_wait",
+            "Time the task's threads waited on a run queue (sched_info.run_delay, counted in the kernel at each context switch, exited processes included); rate() of it is the threads kept waiting. Absent where the kernel does not keep it.",
+        ),
+        json: None,
+        value: |t| Some(t.info?.extra.cpu_wait?.total_seconds),
+    },
+    TaskFamily {
+        family: Family::counter(
+            "nomad_collector_task_processes_started",
+            "Processes started in the task's cgroups since the collector began following it, counted in the kernel (those shorter than an interval included).",
+        ),
+        json: None,
+        value: |t| Some(t.info?.extra.processes?.started as f64),
+    },
+    TaskFamily {
+        family: Family::counter(
+            "nomad_collector_task_processes_exited",
+            "Processes of the task that exited since the collector began following it, counted in the kernel at their final context switch.",
+        ),
+        json: None,
+        value: |t| Some(t.info?.extra.processes?.exited as f64),
+    },
+    TaskFamily {
+        family: Family::counter(
+            "nomad_collector_task_oom_kills",
+            "Processes the kernel's OOM killer killed in the task's memory cgroup (v2 memory.events, v1 memory.oom_control).",
+        ),
+        json: None,
+        value: |t| t.info?.extra.oom_kills.map(|n| n as f64),
+    },
+    TaskFamily {
+        family: Family::seconds_counter(
+            "nomad_collector_task_cpu_pressure_some",
+            "Time in which some of the task's threads were stalled waiting for CPU (cgroup v2 cpu.pressure).",
+        ),
+        json: None,
+        value: |t| t.pressure(|p| p.cpu, false),
+    },
+    TaskFamily {
+        family: Family::seconds_counter(
+            "nomad_collector_task_cpu_pressure_full",
+            "Time in which all of the task's non-idle threads were stalled waiting for CPU (cgroup v2 cpu.pressure, 5.13+).",
+        ),
+        json: None,
+        value: |t| t.pressure(|p| p.cpu, true),
+    },
+    TaskFamily {
+        family: Family::seconds_counter(
+            "nomad_collector_task_memory_pressure_some",
+            "Time in which some of the task's threads were stalled on memory (cgroup v2 memory.pressure).",
+        ),
+        json: None,
+        value: |t| t.pressure(|p| p.memory, false),
+    },
+    TaskFamily {
+        family: Family::seconds_counter(
+            "nomad_collector_task_memory_pressure_full",
+            "Time in which all of the task's non-idle threads were stalled on memory (cgroup v2 memory.pressure).",
+        ),
+        json: None,
+        value: |t| t.pressure(|p| p.memory, true),
+    },
+    TaskFamily {
+        family: Family::seconds_counter(
+            "nomad_collector_task_io_pressure_some",
+            "Time in which some of the task's threads were stalled on I/O (cgroup v2 io.pressure).",
+        ),
+        json: None,
+        value: |t| t.pressure(|p| p.io, false),
+    },
+    TaskFamily {
+        family: Family::seconds_counter(
+            "nomad_collector_task_io_pressure_full",
+            "Time in which all of the task's non-idle threads were stalled on I/O (cgroup v2 io.pressure).",
+        ),
+        json: None,
+        value: |t| t.pressure(|p| p.io, true),
     },
     TaskFamily {
         family: Family::seconds_counter(
@@ -295,7 +388,17 @@ pub struct HealthFamily {
     pub value: fn(&HealthInput<'_>) -> f64,
 }
 
-pub static HEALTH: [HealthFamily; 19] = [
+/// 1 where the kernel runs `feature`, 0 where it was turned off (or no eBPF at all).
+fn feature_on(h: &HealthInput<'_>, feature: &str) -> f64 {
+    h.health.kernel_features.as_ref().map_or(0.0, |f| {
+        f.optional()
+            .iter()
+            .find(|(name, _)| *name == feature)
+            .map_or(0.0, |(_, f)| f64::from(u8::from(f.enabled)))
+    })
+}
+
+pub static HEALTH: [HealthFamily; 23] = [
     HealthFamily {
         family: Family::gauge(
             "nomad_collector_programs_attached",
@@ -447,6 +550,44 @@ pub static HEALTH: [HealthFamily; 19] = [
         ),
         json: "nomad_collector.bpf.sched_switch_run_count",
         value: |h| h.health.sched_switch_run_count as f64,
+    },
+    HealthFamily {
+        family: Family::gauge(
+            "nomad_collector_ebpf_checkpoint_enabled",
+            "1 where the checkpoint program runs (running threads counted up to each read), 0 where this kernel refused it (see kernel_features in the JSON form).",
+        ),
+        json: "nomad_collector.ebpf.checkpoint_enabled",
+        value: |h| feature_on(h, "checkpoint"),
+    },
+    HealthFamily {
+        family: Family::gauge(
+            "nomad_collector_ebpf_process_iter_enabled",
+            "1 where the per-process task iterator runs, 0 where per-process figures come from /proc (kernels before 6.1).",
+        ),
+        json: "nomad_collector.ebpf.process_iter_enabled",
+        value: |h| feature_on(h, "process_iter"),
+    },
+    HealthFamily {
+        family: Family::gauge(
+            "nomad_collector_ebpf_cpu_wait_enabled",
+            "1 where run-queue wait is counted per task, 0 where the kernel keeps none (no CONFIG_SCHED_INFO).",
+        ),
+        json: "nomad_collector.ebpf.cpu_wait_enabled",
+        value: |h| feature_on(h, "cpu_wait"),
+    },
+    HealthFamily {
+        family: Family::gauge(
+            "nomad_collector_ebpf_thread_hash",
+            "1 where threads' state is kept in a hash map keyed by task (kernels without task storage, 5.10), 0 with task storage or no eBPF.",
+        ),
+        json: "nomad_collector.ebpf.thread_hash",
+        value: |h| {
+            h.health.kernel_features.as_ref().map_or(0.0, |f| {
+                f64::from(u8::from(
+                    f.thread_state == crate::kernel::ThreadStateStore::Hash,
+                ))
+            })
+        },
     },
 ];
 

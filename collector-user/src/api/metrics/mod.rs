@@ -139,11 +139,7 @@ impl TaskRows {
                     let figures = TaskFigures {
                         cpu: &usage.resource_usage.cpu_stats,
                         memory: &usage.resource_usage.memory_stats,
-                        cpu_total_ns: info
-                            .tasks
-                            .iter()
-                            .find(|t| &t.name == task)
-                            .map(|t| t.cpu_total_ns),
+                        info: info.tasks.iter().find(|t| &t.name == task),
                     };
                     rows.push(Row {
                         alloc: index,
