@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -57,8 +57,12 @@ pub enum LogFormat {
              Nomad's /v1/client/allocation/<ID>/stats API"
 )]
 pub struct Flags {
+    /// Without a command: run the daemon.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// TOML configuration file.
-    #[arg(long, short = 'c', env = "NOMAD_COLLECTOR_CONFIG")]
+    // Global so that `nomad-collector top -c FILE` reads the daemon's own file.
+    #[arg(long, short = 'c', env = "NOMAD_COLLECTOR_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// Address to serve the HTTP API on [default: 127.0.0.1:4649].
     #[arg(long)]
@@ -98,6 +102,13 @@ pub struct Flags {
     /// tracepoint itself costs (used by `cargo xtask bench`).
     #[arg(long, hide = true)]
     pub empty_probe: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Live view of a running daemon: allocations and tasks by CPU, wait, throttling,
+    /// memory and OOM kills (address, token and TLS from the configuration or flags).
+    Top(crate::top::TopArgs),
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -594,6 +605,38 @@ mod tests {
         assert!(check("[nomad]\ncgroup_parent_v1 = \"/custom/nomad\"").is_ok());
         assert!(check("[nomad]\ncgroup_parent_v1 = \"../escape\"").is_err());
         assert!(check("[nomad]\ncgroup_parent_v2 = \"\"").is_err());
+    }
+
+    #[test]
+    fn top_is_a_subcommand_and_the_daemon_flags_still_parse() {
+        let flags =
+            Flags::try_parse_from(["nomad-collector", "--check-config", "--no-pin"]).unwrap();
+        assert!(flags.check_config && flags.no_pin && flags.command.is_none());
+        let flags = Flags::try_parse_from([
+            "nomad-collector",
+            "top",
+            "-c",
+            "/etc/nomad-collector/config.toml",
+            "--addr",
+            "127.0.0.1:5000",
+            "--interval",
+            "2s",
+        ])
+        .unwrap();
+        assert_eq!(
+            flags.config.as_deref(),
+            Some(Path::new("/etc/nomad-collector/config.toml")),
+            "-c after the subcommand is the configuration file"
+        );
+        let Some(Command::Top(top)) = flags.command else {
+            panic!("top parsed as {:?}", flags.command);
+        };
+        assert_eq!(top.addr.as_deref(), Some("127.0.0.1:5000"));
+        assert_eq!(top.interval, Some(Duration::from_secs(2)));
+        assert!(
+            Flags::try_parse_from(["nomad-collector", "top", "--ca-cert", "x", "--insecure"])
+                .is_err()
+        );
     }
 
     #[test]

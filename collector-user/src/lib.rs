@@ -2,7 +2,8 @@
 //!
 //! Data flows one way: `kernel` (eBPF), `cgroup` and `procfs` read raw counters;
 //! `collect` turns two samples into rates, assembles Nomad's shapes (`model`) and
-//! publishes them as an immutable `snapshot`; `api` serves snapshots over HTTP.
+//! publishes them as an immutable `snapshot`; `api` serves snapshots over HTTP. `top`
+//! is the live terminal view, a client of that API.
 pub mod api;
 pub mod cgroup;
 pub mod collect;
@@ -13,3 +14,4 @@ pub mod model;
 pub mod procfs;
 pub mod security;
 pub mod snapshot;
+pub mod top;

@@ -10,7 +10,7 @@ use clap::Parser;
 use collector_user::{
     api::{self, Acl, ApiState},
     collect::{runner::Runner, Collector},
-    config::{Config, Flags, LogFormat},
+    config::{Command, Config, Flags, LogFormat},
     kernel::pins::PinDir,
     security,
     snapshot::SnapshotStore,
@@ -42,6 +42,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before tracing is set up: the view owns the terminal, and its one line of failure
+    // is the whole message.
+    if let Some(Command::Top(args)) = &flags.command {
+        return match collector_user::top::run(args, &config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("nomad-collector top: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_tracing(config.log_format);
     if flags.check_config {
         println!("{config:#?}");

@@ -28,12 +28,15 @@ impl Needs {
 
     /// Tests: the build, plus Debian's `prometheus` package: `promtool check metrics`
     /// lints the exposition, and a real Prometheus scrapes the daemon (tests/tests/
-    /// prometheus.rs). The tests use aya's own program info, not `bpftool`.
+    /// prometheus.rs). The tests use aya's own program info, not `bpftool`. `tmux`
+    /// drives `nomad-collector top` as a person would (tests/tests/top.rs).
     pub fn test() -> Self {
         let mut needs = Self::build();
-        needs
-            .packages
-            .extend([("promtool", "prometheus"), ("prometheus", "prometheus")]);
+        needs.packages.extend([
+            ("promtool", "prometheus"),
+            ("prometheus", "prometheus"),
+            ("tmux", "tmux"),
+        ]);
         needs
     }
 
