@@ -36,7 +36,7 @@ pub enum FetchError {
     TokenRefused { addr: String, message: String },
     #[error("{addr}: 403: the daemon needs an ACL token ({message}); give --token or a -c configuration with acl.tokens")]
     TokenMissing { addr: String, message: String },
-    #[error("{addr}: TLS: {message}")]
+    #[error("{addr}: TLS: {message} (trust the daemon's certificate or CA with --ca-cert, or use --insecure)")]
     Tls { addr: String, message: String },
     #[error("{addr}: no answer within {}s", REQUEST_TIMEOUT.as_secs())]
     Timeout { addr: String },
