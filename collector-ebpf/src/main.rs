@@ -16,6 +16,8 @@
 //!   process's memory, so per-process figures need no /proc reads.
 //! * `sched_switch_empty` is only for measuring the tracepoint's own cost.
 //!
+//! The last two are the same in both builds (`programs.rs`).
+//!
 //! The daemon loads each program on its own: one the kernel rejects turns off only what
 //! needs it.
 #![no_std]
@@ -27,9 +29,8 @@ mod account;
 mod iter;
 mod kernel;
 mod maps;
+mod programs;
 mod store_task;
-
-use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::generated::bpf_get_current_task_btf,
@@ -53,14 +54,6 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Does nothing. Attached alone by `nomad-collector --empty-probe`, so that the benchmark
-/// can measure what the sched_switch tracepoint itself costs with a program attached: the
-/// floor under any program here.
-#[btf_tracepoint(function = "sched_switch")]
-pub fn sched_switch_empty(_ctx: BtfTracePointContext) -> i32 {
-    0
-}
-
 /// Accounts the thread running on this CPU (run by the daemon, not by an event).
 #[raw_tracepoint]
 pub fn checkpoint(ctx: RawTracePointContext) -> i32 {
@@ -69,23 +62,3 @@ pub fn checkpoint(ctx: RawTracePointContext) -> i32 {
     account::<Direct, TaskStore, _>(&ctx, current, false);
     0
 }
-
-/// Task iterator (`iter/task`), attached by the daemon to one process: one record per
-/// thread.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "iter/task")]
-fn process_threads(ctx: *mut c_void) -> i32 {
-    // SAFETY: the kernel calls an iter/task program with its bpf_iter__task context.
-    unsafe { iter::try_process_threads(ctx) };
-    0
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";

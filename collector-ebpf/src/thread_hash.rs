@@ -12,9 +12,8 @@ mod account;
 mod iter;
 mod kernel;
 mod maps;
+mod programs;
 mod store_hash;
-
-use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::generated::bpf_get_current_task,
@@ -37,12 +36,6 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// See `main.rs`.
-#[btf_tracepoint(function = "sched_switch")]
-pub fn sched_switch_empty(_ctx: BtfTracePointContext) -> i32 {
-    0
-}
-
 /// Accounts the thread running on this CPU (run by the daemon, not by an event).
 #[raw_tracepoint]
 pub fn checkpoint(ctx: RawTracePointContext) -> i32 {
@@ -52,22 +45,3 @@ pub fn checkpoint(ctx: RawTracePointContext) -> i32 {
     account::<Probed, HashStore, _>(&ctx, current, false);
     0
 }
-
-/// See `main.rs`.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "iter/task")]
-fn process_threads(ctx: *mut c_void) -> i32 {
-    // SAFETY: the kernel calls an iter/task program with its bpf_iter__task context.
-    unsafe { iter::try_process_threads(ctx) };
-    0
-}
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";

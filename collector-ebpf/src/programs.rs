@@ -1,0 +1,36 @@
+//! The programs both builds share unchanged (see `main.rs` and `thread_hash.rs` for the
+//! ones that differ by kernel), and the object's panic handler and licence.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+
+use crate::iter;
+
+/// Does nothing. Attached alone by `nomad-collector --empty-probe`, so that the benchmark
+/// can measure what the sched_switch tracepoint itself costs with a program attached: the
+/// floor under any program here.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch_empty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+/// Task iterator (`iter/task`), attached by the daemon to one process: one record per
+/// thread.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task")]
+fn process_threads(ctx: *mut c_void) -> i32 {
+    // SAFETY: the kernel calls an iter/task program with its bpf_iter__task context.
+    unsafe { iter::try_process_threads(ctx) };
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
