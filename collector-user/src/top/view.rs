@@ -326,7 +326,8 @@ mod tests {
                 .collect::<String>()
         };
         assert!(
-            line(0).starts_with("nomad-collector top  127.0.0.1:4649"),
+            line(0)
+                .starts_with("top 127.0.0.1:4649  1 allocs 1 tasks  sort:cpu  every 1s  12:00:00"),
             "{}",
             line(0)
         );
