@@ -3,7 +3,9 @@
 
 use std::{thread, time::Duration};
 
-use integration_tests::{burner, eventually, privileged, uuid, Cgroup, ConfigFile, Daemon, Nomad};
+use integration_tests::{
+    burner, eventually, favoured, privileged, uuid, Cgroup, ConfigFile, Daemon, Nomad,
+};
 use serde_json::Value;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -44,22 +46,10 @@ fn settle(daemon: &Daemon, alloc: &str, n: usize, read: impl Fn(&Value) -> f64) 
     values[n / 2]
 }
 
-/// `burner` with its nice value raised before it runs: a busy loop here must really have
-/// its core, whatever else a shared CI machine runs (the test checks the measurement of
-/// one full core, not the scheduler's fairness).
+/// `burner`, favoured (see [`favoured`]).
 fn favoured_burner() -> std::process::Command {
-    use std::os::unix::process::CommandExt;
     let mut cmd = burner!();
-    // SAFETY: setpriority is async-signal-safe; it applies to the child and every thread
-    // it will create.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setpriority(libc::PRIO_PROCESS, 0, -10) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    favoured(&mut cmd);
     cmd
 }
 

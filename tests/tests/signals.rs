@@ -3,7 +3,7 @@
 
 use std::{process::Command, thread, time::Duration};
 
-use integration_tests::{burner, eventually, privileged, uuid, Cgroup, Daemon};
+use integration_tests::{burner, eventually, favoured, privileged, uuid, Cgroup, Daemon};
 use serde_json::Value;
 
 fn daemon() -> Daemon {
@@ -36,23 +36,12 @@ fn task_info_when(
 }
 
 /// `burner` pinned to CPU 0 with `taskset`, so that two of them compete for one CPU,
-/// with its nice value raised so that whatever else a shared machine runs there takes
-/// little of it (the test checks the measurement, not the scheduler's fairness).
+/// favoured so that whatever else a shared machine runs there takes little of it.
 fn pinned_burner(args: &[&str]) -> Command {
-    use std::os::unix::process::CommandExt;
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", "0", env!("CARGO_BIN_EXE_burner")])
         .args(args);
-    // SAFETY: setpriority is async-signal-safe; it applies to the child and what it
-    // executes.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setpriority(libc::PRIO_PROCESS, 0, -10) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    favoured(&mut cmd);
     cmd
 }
 

@@ -10,7 +10,8 @@ use std::{
 };
 
 use integration_tests::{
-    burner, daemon_binary, eventually, free_port, privileged, uuid, Cgroup, ConfigFile, Daemon,
+    burner, daemon_binary, eventually, favoured, free_port, privileged, uuid, Cgroup, ConfigFile,
+    Daemon,
 };
 
 const PROMPT: &str = "top-test$ ";
@@ -129,22 +130,6 @@ fn row<'a>(screen: &'a str, name: &str) -> Option<Vec<&'a str>> {
         .lines()
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .find(|cols| cols.first() == Some(&name))
-}
-
-/// `cmd` with its nice value raised: the busy loop must have its core on a shared
-/// machine for "near 100%" to be what the view is judged on (as in daemon.rs).
-fn favoured(cmd: &mut Command) -> &mut Command {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: setpriority is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setpriority(libc::PRIO_PROCESS, 0, -10) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd
 }
 
 fn top_command(daemon_addr: &str, extra: &str) -> String {
