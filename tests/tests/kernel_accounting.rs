@@ -491,3 +491,47 @@ fn two_busy_tasks_on_one_cpu_each_wait_half_the_time() {
     );
     drop(sleeper);
 }
+
+#[test]
+fn the_wait_of_children_shorter_than_an_interval_is_counted() {
+    let test = "the_wait_of_children_shorter_than_an_interval_is_counted";
+    let Some(mut kernel) = load(test) else {
+        return;
+    };
+    let churn = Cgroup::outside_nomad(&format!("collector-test/{}", uuid()));
+    let rival = Cgroup::outside_nomad(&format!("collector-test/{}", uuid()));
+    track(&mut kernel, churn.cpu_id(), 0, monotonic_ns());
+    let burner_path = env!("CARGO_BIN_EXE_burner");
+    let pinned = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("taskset");
+        cmd.args(["-c", "0", burner_path]).args(args);
+        cmd
+    };
+    // A busy loop on the same CPU, in a cgroup that is not tracked, makes every child
+    // wait for its turn.
+    let _rival = rival.spawn(&mut pinned(&["spin", "1", "60"]));
+    thread::sleep(Duration::from_millis(200));
+    let before = slots(&mut kernel, 1)[0].wait_ns;
+    // 40 children of 10 ms CPU each, each reporting its own schedstat wait just before
+    // it exits; the parent adds its own.
+    let mut cmd = pinned(&["churn-waits", "40", "10"]);
+    cmd.stdout(std::process::Stdio::piped());
+    let mut parent = churn.spawn(&mut cmd);
+    let mut printed = String::new();
+    std::io::Read::read_to_string(
+        parent.child().stdout.as_mut().expect("piped stdout"),
+        &mut printed,
+    )
+    .unwrap();
+    assert!(parent.wait(), "churn-waits failed");
+    let counted = slots(&mut kernel, 1)[0].wait_ns - before;
+    let truth: u64 = printed.trim().parse().expect("the total wait");
+    assert!(
+        truth > 100_000_000,
+        "the children hardly waited ({truth} ns): was the CPU contended?"
+    );
+    assert!(
+        counted.abs_diff(truth) <= truth / 10,
+        "counted {counted} ns of wait vs the children's and parent's own {truth} ns"
+    );
+}

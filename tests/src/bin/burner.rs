@@ -6,6 +6,10 @@
 //! burner churn <n> <cpu-ms>            start <n> children one after another, each
 //!                                      burning <cpu-ms> of CPU then exiting
 //! burner once <cpu-ms>                 burn <cpu-ms> of CPU and exit (churn's child)
+//! burner churn-waits <n> <cpu-ms>      as churn, each child printing its own run-queue
+//!                                      wait (schedstat) just before it exits; prints
+//!                                      the children's and its own total, in ns
+//! burner once-wait <cpu-ms>            churn-waits' child
 //! burner threads <n> <cpu-ms> <secs>   start <n> short threads one after another, then
 //!                                      sleep <secs>
 //! burner fanout <n> <seconds>          fork <n> children that sleep <seconds> (cheap
@@ -50,6 +54,18 @@ fn spin_for(wall: Duration) {
     }
 }
 
+/// This (single-threaded) process's run-queue wait so far: `/proc/self/schedstat`'s
+/// second field, the kernel's `sched_info.run_delay`.
+fn own_wait_ns() -> u64 {
+    std::fs::read_to_string("/proc/self/schedstat")
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 fn arg(args: &[String], i: usize) -> u64 {
     args.get(i)
         .and_then(|s| s.parse().ok())
@@ -91,6 +107,28 @@ fn main() {
             }
         }
         Some("once") => burn_thread_cpu(Duration::from_millis(arg(&args, 2))),
+        Some("churn-waits") => {
+            let (n, ms) = (arg(&args, 2), arg(&args, 3));
+            let me = std::env::current_exe().unwrap();
+            let mut total = 0;
+            for _ in 0..n {
+                let out = Command::new(&me)
+                    .args(["once-wait", &ms.to_string()])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success());
+                total += String::from_utf8(out.stdout)
+                    .unwrap()
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap();
+            }
+            println!("{}", total + own_wait_ns());
+        }
+        Some("once-wait") => {
+            burn_thread_cpu(Duration::from_millis(arg(&args, 2)));
+            println!("{}", own_wait_ns());
+        }
         Some("threads") => {
             let (n, ms) = (arg(&args, 2), arg(&args, 3));
             for _ in 0..n {

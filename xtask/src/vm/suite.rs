@@ -35,6 +35,10 @@ pub const VM_TESTS: &[(&str, &str)] = &[
         "two_busy_tasks_on_one_cpu_each_wait_half_the_time",
     ),
     (
+        "kernel_accounting",
+        "the_wait_of_children_shorter_than_an_interval_is_counted",
+    ),
+    (
         "signals",
         "a_task_killed_for_exceeding_its_memory_limit_counts_one_oom_kill",
     ),
