@@ -80,6 +80,47 @@ pub struct RunFigures {
     pub maps: usize,
     pub bpf_stats_on: bool,
     pub accuracy: Option<Accuracy>,
+    /// Prometheus scrapes after the window: daemon CPU per scrape outside the collector
+    /// thread, and how far VmRSS stands above its value before them, 3 s after the last.
+    pub scrape: Option<ScrapeCost>,
+}
+
+/// What `/v1/metrics?format=prometheus` costs the daemon.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ScrapeCost {
+    pub cpu_ns_per_scrape: f64,
+    pub rss_growth_bytes: i64,
+    pub body_bytes: usize,
+}
+
+const SCRAPES: u32 = 10;
+
+/// [`SCRAPES`] scrapes one after another; the collector thread's CPU over the same time
+/// is taken out, so that what remains is the HTTP threads' rendering and sending.
+fn measure_scrapes(daemon: &Daemon, tid: u32) -> Result<ScrapeCost> {
+    let pid = daemon.pid();
+    let (rss_before, _) = process::memory(pid)?;
+    let cpu0 = (
+        process::process_cpu_ns(pid)?,
+        process::thread_cpu_ns(pid, tid)?,
+    );
+    let mut body_bytes = 0;
+    for _ in 0..SCRAPES {
+        body_bytes = http::get_ok(daemon.addr, "/v1/metrics?format=prometheus")?.len();
+    }
+    let cpu1 = (
+        process::process_cpu_ns(pid)?,
+        process::thread_cpu_ns(pid, tid)?,
+    );
+    thread::sleep(Duration::from_secs(3));
+    let (rss_after, _) = process::memory(pid)?;
+    let outside_collector =
+        cpu1.0.saturating_sub(cpu0.0) as f64 - cpu1.1.saturating_sub(cpu0.1) as f64;
+    Ok(ScrapeCost {
+        cpu_ns_per_scrape: outside_collector.max(0.0) / f64::from(SCRAPES),
+        rss_growth_bytes: rss_after as i64 - rss_before as i64,
+        body_bytes,
+    })
 }
 
 impl RunFigures {
@@ -284,6 +325,7 @@ fn measure(
         maps: objects.iter().filter(|o| o.kind == "map").count(),
         bpf_stats_on: stats_on_start && bpf_stats_enabled(),
         accuracy: None,
+        scrape: None,
     };
     if figures.cycles < 1.0 {
         anyhow::bail!("no cycle completed in the window");
@@ -291,6 +333,7 @@ fn measure(
     if accuracy {
         figures.accuracy = Some(measure_accuracy(daemon, scenario, settings)?);
     }
+    figures.scrape = Some(measure_scrapes(daemon, tid)?);
     Ok(figures)
 }
 

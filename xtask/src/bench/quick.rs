@@ -14,7 +14,7 @@ use super::{
     cgroups,
     daemon::Source,
     kernel::Slowdown,
-    measure::{RunFigures, Settings},
+    measure::{RunFigures, ScrapeCost, Settings},
     prepare, progress_printer, run_scenario,
     stats::{sig, Summary},
     workload, Binaries, Plan, ScenarioResult,
@@ -171,6 +171,34 @@ fn rows(results: &[ScenarioResult]) -> Vec<Row> {
             },
             target: "< 32 MiB",
             met: rss.map(|s| s.median < 32.0 * 1048576.0),
+        });
+        let scrape = |f: fn(&ScrapeCost) -> f64| {
+            Summary::of(
+                r.of(Source::Ebpf)
+                    .filter_map(|run| run.scrape.as_ref().map(f)),
+            )
+        };
+        let cpu = scrape(|s| s.cpu_ns_per_scrape);
+        let growth = scrape(|s| s.rss_growth_bytes as f64);
+        let body = scrape(|s| s.body_bytes as f64);
+        rows.push(Row {
+            figure: format!(
+                "a Prometheus scrape, {} tasks: CPU; VmRSS 3 s after 10 scrapes",
+                r.spec.tasks()
+            ),
+            measured: match (cpu, growth, body) {
+                (Some(c), Some(g), Some(b)) => format!(
+                    "{} ms; {} MiB ({} MiB body)",
+                    c.show(|v| format!("{:.1}", v / 1e6)),
+                    g.show(|v| format!("{:+.2}", v / 1048576.0)),
+                    sig(b.median / 1048576.0)
+                ),
+                _ => "–".into(),
+            },
+            target: "≤ 10 ms; ≤ +2 MiB",
+            met: cpu
+                .zip(growth)
+                .map(|(c, g)| c.median <= 10e6 && g.median <= 2.0 * 1048576.0),
         });
     }
     if let Some(r) = find(results, "pipe") {
