@@ -328,3 +328,48 @@ fn top_says_in_one_line_when_the_token_is_refused_or_the_daemon_is_gone() {
     );
     assert!(screen.contains("[nowhere] exit=1"), "{screen}");
 }
+
+/// PIDs of `nomad-collector top` processes pointed at `addr`.
+fn tops_of(addr: &str) -> Vec<u32> {
+    let needle = format!("top--addr{addr}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', "")
+                    .contains(&needle)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn top_ends_when_its_terminal_goes_away() {
+    const TEST: &str = "top_ends_when_its_terminal_goes_away";
+    let Some(tmux) = Tmux::start(TEST) else {
+        return;
+    };
+    let daemon = Daemon::start(&["--interval", "500ms", "--no-pin"]);
+    tmux.type_command("view", &top_command(&daemon.addr, ""));
+    tmux.wait_for("the view", Duration::from_secs(15), |s| {
+        s.contains("ALLOC/TASK")
+    });
+    assert_eq!(tops_of(&daemon.addr).len(), 1, "one view runs");
+    // The SSH session (here: the tmux server) goes away under the running view.
+    drop(tmux);
+    let gone = eventually(Duration::from_secs(10), || {
+        tops_of(&daemon.addr).is_empty().then_some(())
+    });
+    let left = tops_of(&daemon.addr);
+    for pid in &left {
+        // SAFETY: kill has no memory-safety preconditions; the test's own leftover.
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+    }
+    assert!(
+        gone.is_some(),
+        "top kept running (spinning on the dead terminal) after its terminal hung up: {left:?}"
+    );
+}

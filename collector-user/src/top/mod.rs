@@ -135,6 +135,9 @@ impl Fetcher {
                         return;
                     };
                     loop {
+                        if terminal_hung_up() {
+                            leave_hung_up_terminal();
+                        }
                         let next = tokio::time::Instant::now() + interval;
                         if !thread_paused.load(Ordering::Relaxed) {
                             let result = client.fetch().await;
@@ -148,7 +151,12 @@ impl Fetcher {
                             _ = thread_wake.notified() => {}
                             _ = term.recv() => break,
                             _ = int.recv() => break,
-                            _ = hup.recv() => break,
+                            _ = hup.recv() => {
+                                if terminal_hung_up() {
+                                    leave_hung_up_terminal();
+                                }
+                                break;
+                            }
                         }
                     }
                     let _ = tx.send(Message::Signal);
@@ -202,6 +210,26 @@ fn clock(at: SystemTime) -> String {
         return String::new();
     }
     format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+}
+
+/// Whether the terminal on standard input has hung up (its SSH session or tmux server is
+/// gone). crossterm's event poll then reads end-of-file in a loop that never returns, so
+/// the fetching thread checks this each interval and on SIGHUP.
+fn terminal_hung_up() -> bool {
+    let mut fd = libc::pollfd {
+        fd: 0,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call, and a zero timeout.
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    ready > 0 && fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
+/// Ends the process from the fetching thread: the main thread is stuck in crossterm's
+/// poll on the dead terminal, and there is no terminal left to restore or print to.
+fn leave_hung_up_terminal() -> ! {
+    std::process::exit(1)
 }
 
 /// Runs the view until `q`, a signal, or a failure to reach the daemon (returned, to be
