@@ -3,7 +3,10 @@
 
     sudo python3 benchmarks/per-switch-by-build.py NEW_BINARY OLD_BINARY [ROUNDS]
 
-Arms, interleaved round by round so that each sees the same machine: the empty program
+The pipe runs in a Nomad 1.7+ task cgroup (cgroup v1 `nomad/<alloc>.<task>` in cpu,
+cpuacct and memory, or cgroup v2 `nomad.slice/share.slice/<alloc>.<task>.scope`), so
+that each daemon tracks it and every switch takes the accounting path, not the
+untracked one. Arms, interleaved round by round so that each sees the same machine: the empty program
 (`NEW --empty-probe`), NEW with threads' state in task storage, NEW with the 5.10
 build's hash map (`ebpf.thread_state = "hash"`), and OLD (any earlier build). Each arm
 starts the daemon without pins, runs a pinned `perf bench sched pipe -l 100000`, and
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 
 
 def config(extra):
@@ -30,7 +34,9 @@ def config(extra):
 
 
 def tracing_prog_stats(pid):
-    """(run_cnt, run_time_ns) of the process's tp_btf program (prog_type 26)."""
+    """{prog_id: (run_cnt, run_time_ns)} of the process's tracing programs (type 26:
+    tp_btf, and the task iterator, which runs only when asked)."""
+    stats = {}
     for fd in glob.glob(f"/proc/{pid}/fd/*"):
         try:
             if os.readlink(fd) != "anon_inode:bpf-prog":
@@ -40,8 +46,39 @@ def tracing_prog_stats(pid):
             continue
         kv = dict(re.findall(r"(\w+):\s+(\S+)", info))
         if kv.get("prog_type") == "26":
-            return int(kv.get("run_cnt", 0)), int(kv.get("run_time_ns", 0))
-    return None
+            stats[kv["prog_id"]] = (int(kv.get("run_cnt", 0)), int(kv.get("run_time_ns", 0)))
+    return stats
+
+
+def switch_delta(before, after):
+    """(runs, ns) of the program that ran most between the two readings: sched_switch."""
+    deltas = [
+        (a[0] - before[i][0], a[1] - before[i][1]) for i, a in after.items() if i in before
+    ]
+    return max(deltas, default=(0, 0))
+
+
+def task_cgroup():
+    """Creates a Nomad-style task cgroup; returns its cgroup.procs files and a cleanup."""
+    name = f"{uuid.uuid4()}.bench"
+    if os.path.isdir("/sys/fs/cgroup/cpuacct"):
+        parents = [f"/sys/fs/cgroup/{c}/nomad" for c in ("cpu", "cpuacct", "memory")]
+        dirs = [f"{p}/{name}" for p in parents]
+    else:
+        parents = ["/sys/fs/cgroup/nomad.slice", "/sys/fs/cgroup/nomad.slice/share.slice"]
+        dirs = [f"{parents[-1]}/{name}.scope"]
+    made = [p for p in parents if not os.path.isdir(p)]
+    for d in parents + dirs:
+        os.makedirs(d, exist_ok=True)
+
+    def cleanup():
+        for d in list(reversed(dirs)) + list(reversed(made)):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+
+    return [f"{d}/cgroup.procs" for d in dirs], cleanup
 
 
 def main():
@@ -58,24 +95,25 @@ def main():
     original = open(stats_path).read()
     open(stats_path, "w").write("1")
     per_event = {name: [] for name in arms}
+    procs, cleanup = task_cgroup()
+    join = " ".join(f"echo $$ > {p};" for p in procs)
+    pipe = ["sh", "-c", f"{join} exec taskset -c 1 perf bench sched pipe -l 100000"]
     try:
         for _ in range(rounds):
             for name, cmd in arms.items():
                 p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(2.0)
                 before = tracing_prog_stats(p.pid)
-                subprocess.run(
-                    ["taskset", "-c", "1", "perf", "bench", "sched", "pipe", "-l", "100000"],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
+                subprocess.run(pipe, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 after = tracing_prog_stats(p.pid)
                 p.terminate()
                 p.wait()
-                if before and after and after[0] > before[0]:
-                    per_event[name].append((after[1] - before[1]) / (after[0] - before[0]))
+                runs, ns = switch_delta(before, after)
+                if runs > 0:
+                    per_event[name].append(ns / runs)
     finally:
         open(stats_path, "w").write(original)
+        cleanup()
     print("| arm | ns per event, median (min–max) | rounds |")
     print("|---|---|---|")
     for name, values in per_event.items():

@@ -160,18 +160,26 @@ fn resolve<A: Access, S: ThreadStore<A>, C: EbpfContext>(
     state
 }
 
-/// Adds `delta` to the cgroup's counters.
+/// Adds `delta` to the cgroup's counters. The tick-sampled user and system times
+/// change only at a tick and the wait only after a wait, so most switches skip those
+/// atomic adds (each a locked instruction on a cache line other CPUs share).
 #[inline(always)]
 fn add(cgroup: *mut CgroupCpu, delta: &CpuTimes) {
     // SAFETY (each add): cgroup is an element of CGROUP_CPU (from get_ptr_mut), valid
     // while the program runs.
     unsafe { add_to(&raw mut (*cgroup).run_ns, delta.run) };
-    // SAFETY: as above.
-    unsafe { add_to(&raw mut (*cgroup).user_ns, delta.user) };
-    // SAFETY: as above.
-    unsafe { add_to(&raw mut (*cgroup).system_ns, delta.system) };
-    // SAFETY: as above.
-    unsafe { add_to(&raw mut (*cgroup).wait_ns, delta.wait) };
+    if delta.user != 0 {
+        // SAFETY: as above.
+        unsafe { add_to(&raw mut (*cgroup).user_ns, delta.user) };
+    }
+    if delta.system != 0 {
+        // SAFETY: as above.
+        unsafe { add_to(&raw mut (*cgroup).system_ns, delta.system) };
+    }
+    if delta.wait != 0 {
+        // SAFETY: as above.
+        unsafe { add_to(&raw mut (*cgroup).wait_ns, delta.wait) };
+    }
 }
 
 /// Atomically adds `value` to a counter that threads on other CPUs add to as well.
