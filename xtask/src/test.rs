@@ -9,6 +9,20 @@ use crate::{
     shell::{announce, cargo, is_root, step, workspace_root},
 };
 
+/// The debug daemon binary the integration tests start (on the host and in the VMs).
+pub fn build_daemon(what: &str) -> Result<()> {
+    step(
+        what,
+        cargo().args([
+            "build",
+            "--package",
+            "collector-user",
+            "--bin",
+            "nomad-collector",
+        ]),
+    )
+}
+
 pub fn run(filter: Option<&str>, lint: bool, vm: bool) -> Result<()> {
     setup::ensure(&setup::Needs::test())?;
     let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
@@ -60,16 +74,7 @@ pub fn run(filter: Option<&str>, lint: bool, vm: bool) -> Result<()> {
         }
         announce("not root: the privileged integration tests will report themselves skipped");
     }
-    step(
-        "building the daemon binary the end-to-end tests start",
-        cargo().args([
-            "build",
-            "--package",
-            "collector-user",
-            "--bin",
-            "nomad-collector",
-        ]),
-    )?;
+    build_daemon("building the daemon binary the end-to-end tests start")?;
     let mut integration = cargo();
     integration.env(
         "NOMAD_COLLECTOR_BIN",

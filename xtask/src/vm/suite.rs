@@ -4,7 +4,7 @@ use std::{collections::HashMap, path::PathBuf, process::Stdio};
 
 use anyhow::{bail, Context, Result};
 
-use crate::shell::{announce, cargo, step, workspace_root};
+use crate::shell::{announce, cargo, workspace_root};
 
 /// The lean list for emulated guests, where fork/exec is 10-15x slower: one test per
 /// thing the matrix must show on each kernel (issue 10), as (test file, test name).
@@ -64,16 +64,7 @@ pub struct Build {
 /// Builds the daemon (debug, as the host suite uses) and the integration test binaries,
 /// and picks the cases whose name contains `filter`.
 pub fn build(filter: Option<&str>) -> Result<Build> {
-    step(
-        "building the daemon binary the guests start",
-        cargo().args([
-            "build",
-            "--package",
-            "collector-user",
-            "--bin",
-            "nomad-collector",
-        ]),
-    )?;
+    crate::test::build_daemon("building the daemon binary the guests start")?;
     announce("building the integration test binaries the guests run");
     let binaries = test_binaries()?;
     let cases: Vec<Case> = VM_TESTS
