@@ -156,7 +156,7 @@ pub mod sample_flags {
     pub const MEMORY: u32 = 2;
 }
 
-/// One record of the per-process task iterator: one thread of the process asked about.
+/// One record of the task iterator: one thread of a tracked cgroup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadSample {
@@ -179,7 +179,8 @@ pub struct ThreadSample {
     pub rss_pages: i64,
     pub swap_pages: i64,
     pub flags: u32,
-    pub _pad: u32,
+    /// The thread's tracked cgroup: its [`TrackedCgroup::slot`].
+    pub slot: u32,
 }
 
 /// Slots of the per-CPU `STATS` array: events the programs count so that nothing they

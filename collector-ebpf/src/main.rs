@@ -11,9 +11,9 @@
 //!   the daemon runs it on every CPU (`BPF_PROG_TEST_RUN` with `BPF_F_TEST_RUN_ON_CPU`)
 //!   just before it reads the counters, so a thread that has run for seconds without a
 //!   context switch is counted up to now, not only up to its last switch.
-//! * `process_threads` (iter/task) is attached by the daemon to one process at a time,
-//!   for the allocations someone asks about: it reports each thread's CPU times and the
-//!   process's memory, so per-process figures need no /proc reads.
+//! * `tracked_threads` (iter/task) walks every task on the host once per interval and
+//!   reports each thread of a tracked cgroup (its CPU times, and its process's memory at
+//!   the leader), so every allocation's per-process figures need no /proc reads.
 //! * `sched_switch_empty` is only for measuring the tracepoint's own cost.
 //!
 //! The last two are the same in both builds (`programs.rs`).

@@ -15,13 +15,13 @@ pub fn sched_switch_empty(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Task iterator (`iter/task`), attached by the daemon to one process: one record per
-/// thread.
+/// Task iterator (`iter/task`) over every task on the host, read by the daemon once per
+/// interval: one record per thread of a tracked cgroup.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task")]
-fn process_threads(ctx: *mut c_void) -> i32 {
+fn tracked_threads(ctx: *mut c_void) -> i32 {
     // SAFETY: the kernel calls an iter/task program with its bpf_iter__task context.
-    unsafe { iter::try_process_threads(ctx) };
+    unsafe { iter::try_tracked_threads(ctx) };
     0
 }
 

@@ -94,9 +94,9 @@ pub struct Flags {
     /// Log format [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Collect per-process figures and cgroup memory of every allocation every interval,
-    /// as Nomad does, instead of only for allocations someone asks about.
-    #[arg(long)]
+    /// Retired: every allocation is collected in full every interval. Accepted so that
+    /// existing command lines keep working (with a warning).
+    #[arg(long, hide = true)]
     pub detail_all: bool,
     /// Attach only an empty sched_switch program and wait for SIGTERM: what the
     /// tracepoint itself costs (used by `cargo xtask bench`).
@@ -248,16 +248,12 @@ pub struct Config {
     pub cpu_total_compute: u64,
     /// Directories whose disks `/v1/client/stats` reports (Nomad's data_dir).
     pub data_dirs: Vec<PathBuf>,
-    /// Cgroup memory and throttling of the allocations no one has asked about are re-read
-    /// this often (spread over the period, not all at once).
-    #[serde(with = "humantime_serde")]
-    pub cgroup_refresh: Duration,
-    /// An allocation requested through the API gets per-process figures (`Pids`) and
-    /// fresh cgroup memory and throttling every interval for this long after the request.
-    #[serde(with = "humantime_serde")]
-    pub detail_for: Duration,
-    /// Give every allocation that treatment, all the time (Nomad's cost profile).
-    pub detail_all: bool,
+    /// Retired settings of the on-demand detail that every-interval collection of every
+    /// allocation replaced: still accepted, so that existing files load, and named in a
+    /// warning at start-up (see [`Config::retired_settings`]).
+    pub cgroup_refresh: Option<serde::de::IgnoredAny>,
+    pub detail_for: Option<serde::de::IgnoredAny>,
+    pub detail_all: Option<serde::de::IgnoredAny>,
     pub log_format: LogFormat,
     pub nomad: NomadConfig,
     pub ebpf: EbpfConfig,
@@ -277,9 +273,9 @@ impl Default for Config {
             proc_root: PathBuf::from("/proc"),
             cpu_total_compute: 0,
             data_dirs: Vec::new(),
-            cgroup_refresh: Duration::from_secs(10),
-            detail_for: Duration::from_secs(60),
-            detail_all: false,
+            cgroup_refresh: None,
+            detail_for: None,
+            detail_all: None,
             log_format: LogFormat::Text,
             nomad: NomadConfig::default(),
             ebpf: EbpfConfig::default(),
@@ -355,8 +351,21 @@ impl Config {
             self.log_format = format;
         }
         if flags.detail_all {
-            self.detail_all = true;
+            self.detail_all = Some(serde::de::IgnoredAny);
         }
+    }
+
+    /// The retired settings this configuration still sets: they change nothing, since
+    /// every allocation's processes and cgroup files are read every interval.
+    pub fn retired_settings(&self) -> Vec<&'static str> {
+        [
+            ("cgroup_refresh", self.cgroup_refresh.is_some()),
+            ("detail_for", self.detail_for.is_some()),
+            ("detail_all (--detail-all)", self.detail_all.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
     }
 
     /// Every token the API accepts: `acl.tokens` plus the lines of `acl.tokens_file`.
@@ -383,18 +392,6 @@ impl Config {
             return invalid(format!(
                 "interval must be between 100ms and 1h, got {}",
                 humantime::format_duration(self.interval)
-            ));
-        }
-        if self.cgroup_refresh < self.interval || self.cgroup_refresh > Duration::from_secs(3600) {
-            return invalid(format!(
-                "cgroup_refresh must be between interval and 1h, got {}",
-                humantime::format_duration(self.cgroup_refresh)
-            ));
-        }
-        if self.detail_for < self.interval || self.detail_for > Duration::from_secs(86400) {
-            return invalid(format!(
-                "detail_for must be between interval and 24h, got {}",
-                humantime::format_duration(self.detail_for)
             ));
         }
         if self.ebpf.max_tracked_cgroups == 0 {

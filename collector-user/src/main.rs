@@ -107,34 +107,49 @@ fn uninstall(config: &Config) -> Result<()> {
 }
 
 /// Raises the soft limit on open files to the hard one (no privilege needed): the daemon
-/// keeps a descriptor per task cgroup directory and per process it samples on demand,
-/// which outgrows the usual soft limit of 1024 on a dense host.
+/// keeps a descriptor per task cgroup directory and per control file it reads, which
+/// outgrows the usual soft limit of 1024 on a dense host. Three quarters of the limit
+/// (less a reserve for connections and everything else) may go to kept control files.
 fn raise_open_files_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: valid out-pointer; setrlimit reads the struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max
-        {
-            return;
-        }
+    // SAFETY: a valid out-pointer to a struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
         let wanted = libc::rlimit {
             rlim_cur: limit.rlim_max,
             rlim_max: limit.rlim_max,
         };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+        // SAFETY: setrlimit only reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } == 0 {
+            limit = wanted;
+        } else {
             warn!(
                 soft = limit.rlim_cur,
                 "could not raise the open files limit; on a dense host some cgroup files \
-                 will be opened by path instead"
+                 will be opened for each read instead of kept open"
             );
         }
     }
+    let soft = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
+    collector_user::cgroup::control_files::set_budget(
+        (soft / 4 * 3).saturating_sub(256).min(1 << 20),
+    );
 }
 
 fn run(flags: &Flags, config: Config) -> Result<()> {
+    let retired = config.retired_settings();
+    if !retired.is_empty() {
+        warn!(
+            settings = ?retired,
+            "retired settings are ignored: every allocation's processes and cgroup figures \
+             are collected every interval"
+        );
+    }
     raise_open_files_limit();
     let collector = Collector::new(&config)?;
     let listener = std::net::TcpListener::bind(config.http.listen)
@@ -163,7 +178,7 @@ fn run(flags: &Flags, config: Config) -> Result<()> {
         .thread_name("http")
         .enable_all()
         .build()?;
-    let state = ApiState::new(store, acl).with_demand(runner.demand());
+    let state = ApiState::new(store, acl);
     let served = runtime.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -7,10 +7,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, OnceLock,
-    },
+    sync::{Arc, OnceLock},
     time::Duration,
 };
 
@@ -64,10 +61,10 @@ pub struct Health {
     pub tracked_cgroups_full: u64,
     /// CPUs on which accounting the running thread failed (cumulative).
     pub checkpoint_failures: u64,
-    /// Allocations collected in detail (per-process figures) in the last cycle.
-    pub detailed_allocations: u64,
-    /// Processes sampled one by one in the last cycle.
+    /// Processes of every task sampled in the last cycle.
     pub processes_sampled: u64,
+    /// Cgroup control files kept open for re-reading (see `cgroup::control_files`).
+    pub control_files_open: u64,
     /// Duration of the last collection cycle.
     pub cycle_duration: Duration,
     /// CPU time (user + system) the daemon's collection thread used in the last cycle.
@@ -185,13 +182,6 @@ type BuildTasks = Box<dyn Fn() -> BTreeMap<String, TaskResourceUsage> + Send + S
 /// then pays for no such structure at all.
 pub struct AllocEntry {
     pub info: AllocInfo,
-    /// Whether per-process figures (`Pids`) and fresh cgroup figures were collected for
-    /// this allocation in this snapshot (it was asked about recently, or every allocation
-    /// is collected in detail).
-    pub detailed: bool,
-    /// Set by a request for this allocation; the collector reads it at its next cycle to
-    /// keep the allocation detailed.
-    requested: AtomicBool,
     tasks: OnceLock<BTreeMap<String, TaskResourceUsage>>,
     build: Option<BuildTasks>,
     json: OnceLock<Bytes>,
@@ -202,7 +192,6 @@ impl std::fmt::Debug for AllocEntry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AllocEntry")
             .field("info", &self.info)
-            .field("detailed", &self.detailed)
             .field("built", &self.tasks.get().is_some())
             .finish()
     }
@@ -223,8 +212,6 @@ impl AllocEntry {
     pub fn new(info: AllocInfo, tasks: BTreeMap<String, TaskResourceUsage>) -> Self {
         Self {
             info,
-            detailed: true,
-            requested: AtomicBool::new(false),
             tasks: OnceLock::from(tasks),
             build: None,
             json: OnceLock::new(),
@@ -235,28 +222,15 @@ impl AllocEntry {
     /// An entry whose task usage is built by `build` on first use.
     pub fn lazy(
         info: AllocInfo,
-        detailed: bool,
         build: impl Fn() -> BTreeMap<String, TaskResourceUsage> + Send + Sync + 'static,
     ) -> Self {
         Self {
             info,
-            detailed,
-            requested: AtomicBool::new(false),
             tasks: OnceLock::new(),
             build: Some(Box::new(build)),
             json: OnceLock::new(),
             json_pretty: OnceLock::new(),
         }
-    }
-
-    /// Notes that a client asked for this allocation.
-    pub fn mark_requested(&self) {
-        self.requested.store(true, Ordering::Relaxed);
-    }
-
-    /// Whether a client asked for this allocation since the snapshot was published.
-    pub fn was_requested(&self) -> bool {
-        self.requested.load(Ordering::Relaxed)
     }
 
     /// Nomad's `TaskResourceUsage` of every task, by name.
@@ -320,17 +294,6 @@ impl Snapshot {
 
     pub fn json<T: Serialize>(value: &T, pretty: bool) -> Bytes {
         to_bytes(value, pretty)
-    }
-}
-
-impl Snapshot {
-    /// The IDs of the allocations clients asked for since this snapshot was published.
-    pub fn requested_allocations(&self) -> Vec<String> {
-        self.allocations
-            .iter()
-            .filter(|(_, entry)| entry.was_requested())
-            .map(|(id, _)| id.clone())
-            .collect()
     }
 }
 
@@ -401,20 +364,24 @@ mod tests {
         let built = std::sync::atomic::AtomicUsize::new(0);
         let built = Arc::new(built);
         let counter = built.clone();
-        let lazy = AllocEntry::lazy(info, false, move || {
-            counter.fetch_add(1, Ordering::Relaxed);
+        let lazy = AllocEntry::lazy(info, move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut tasks = BTreeMap::new();
             tasks.insert("web".to_owned(), TaskResourceUsage::default());
             tasks
         });
         assert_eq!(lazy.with_tasks(|t| t.len()), 1);
         assert_eq!(lazy.with_tasks(|t| t.len()), 1);
-        assert_eq!(built.load(Ordering::Relaxed), 2, "built per call, not kept");
+        assert_eq!(
+            built.load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "built per call, not kept"
+        );
         assert!(lazy.tasks.get().is_none());
         // Once a reader has built and kept them, they are read from the cache.
         lazy.tasks();
         lazy.with_tasks(|_| ());
-        assert_eq!(built.load(Ordering::Relaxed), 3);
+        assert_eq!(built.load(std::sync::atomic::Ordering::Relaxed), 3);
     }
 
     #[test]

@@ -70,9 +70,10 @@ fn slot_run_ns(kernel: &mut KernelAccounting, slot: u32) -> u64 {
     counters[slot as usize].run_ns
 }
 
-/// A process's cumulative run time from the per-process iterator: its live threads plus
-/// the leader's record of exited threads. `None` where the kernel has no scoped task
-/// iterator (held to the kernel version by `assert_features_as_expected`).
+/// A process's cumulative run time from one pass of the task iterator: its live threads
+/// plus the leader's record of exited threads. The process must be in a tracked cgroup;
+/// every record of the pass must be of one (the kernel skips the rest). `None` where the
+/// iterator is off (held to the kernel version by `assert_features_as_expected`).
 fn process_run_ns(kernel: &mut KernelAccounting, pid: u32) -> Option<u64> {
     if !kernel.features().process_iter.enabled {
         assert!(
@@ -82,13 +83,21 @@ fn process_run_ns(kernel: &mut KernelAccounting, pid: u32) -> Option<u64> {
         return None;
     }
     let mut samples: Vec<ThreadSample> = Vec::new();
-    kernel.sample_process(pid, &mut samples).unwrap();
+    kernel.sample_tracked_threads(&mut samples).unwrap();
+    let tracked: Vec<u32> = kernel
+        .tracked_entries()
+        .unwrap()
+        .into_iter()
+        .map(|(_, entry)| entry.slot)
+        .collect();
     assert!(
-        samples.iter().all(|s| s.tgid == pid),
-        "the iterator is scoped to the process"
+        samples.iter().all(|s| tracked.contains(&s.slot)),
+        "the pass reports threads of tracked cgroups only"
     );
+    let threads: Vec<&ThreadSample> = samples.iter().filter(|s| s.tgid == pid).collect();
+    assert!(!threads.is_empty(), "process {pid} is in the pass");
     Some(
-        samples
+        threads
             .iter()
             .map(|s| {
                 s.run_ns
@@ -112,11 +121,11 @@ fn kernel_version() -> (u32, u32) {
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
-/// Whether the per-process task iterator must be on here: the loader probes features,
-/// the test holds it to the kernel version that brought scoped task iterators (6.1), so
+/// Whether the task iterator must be on here: the loader probes features, the test
+/// holds it to the kernels that have task iterators (5.8+, so every supported one), so
 /// that a feature wrongly turned off fails instead of silently shrinking the test.
 fn process_iter_expected() -> bool {
-    kernel_version() >= (6, 1)
+    kernel_version() >= (5, 8)
 }
 
 fn assert_features_as_expected(kernel: &KernelAccounting) {
@@ -129,7 +138,7 @@ fn assert_features_as_expected(kernel: &KernelAccounting) {
     assert_eq!(
         features.process_iter.enabled,
         process_iter_expected(),
-        "per-process iterator on kernel {:?}: {:?}",
+        "task iterator on kernel {:?}: {:?}",
         kernel_version(),
         features.process_iter.reason
     );
@@ -180,7 +189,7 @@ fn programs_are_loaded_and_attached_to_sched_switch() {
     if process_iter_expected() {
         assert_eq!(
             ids.process_iter_id.and_then(name_of).as_deref(),
-            Some("process_threads")
+            Some("tracked_threads")
         );
     }
     let link = aya::programs::loaded_links()

@@ -84,7 +84,7 @@ pub fn alloc_stats(
         .and_then(|tail: Tail| async move { alloc_id_from_tail(tail.as_str()) })
         .and(params())
         .and(with_state(state))
-        .then(handlers::alloc_stats)
+        .map(handlers::alloc_stats)
 }
 
 /// The allocation ID of `<ID>/stats`: Nomad's path has exactly two segments after

@@ -1,9 +1,6 @@
 //! Request handlers. They read the current [`Snapshot`](crate::snapshot::Snapshot) and
-//! nothing else (no /proc, no cgroupfs, no file); bodies are built at most once per
-//! snapshot and shared. The one thing a handler may do besides is ask the collector
-//! thread to collect an allocation in detail, and wait a bounded time for it.
-
-use std::time::Duration;
+//! nothing else (no /proc, no cgroupfs, no file, no request to the collector); bodies
+//! are built at most once per snapshot and shared.
 
 use bytes::Bytes;
 use warp::{
@@ -36,27 +33,11 @@ pub fn agent_health() -> Response {
     json(Bytes::from_static(AGENT_HEALTH_BODY))
 }
 
-/// How long a request for an allocation not yet collected in detail waits for the
-/// collector to do so; past it the request is answered with what the snapshot has.
-pub const DETAIL_WAIT: Duration = Duration::from_secs(2);
-
-/// `id` is the path segment, percent-decoded when that gave valid UTF-8.
-///
-/// An allocation nobody asked about lately has no per-process figures in the snapshot:
-/// the first request has the collector thread collect them (and fresh cgroup figures) at
-/// once, then answers from the snapshot that shows them.
-pub async fn alloc_stats(id: String, params: Params, state: ApiState) -> Response {
-    let mut snapshot = state.store.load();
-    let Some(entry) = snapshot.allocations.get(&id) else {
-        return ApiError::unknown_allocation(&id).to_response();
-    };
-    entry.mark_requested();
-    if !entry.detailed {
-        if let Some(demand) = &state.demand {
-            let _ = tokio::time::timeout(DETAIL_WAIT, demand.detail(id.clone())).await;
-            snapshot = state.store.load();
-        }
-    }
+/// `id` is the path segment, percent-decoded when that gave valid UTF-8. Every
+/// allocation in the snapshot is complete (its processes and cgroup figures of the last
+/// interval), so the first request is answered like any other.
+pub fn alloc_stats(id: String, params: Params, state: ApiState) -> Response {
+    let snapshot = state.store.load();
     match snapshot.allocations.get(&id) {
         Some(entry) => json(entry.stats_json(params.task.as_deref(), params.pretty)),
         None => ApiError::unknown_allocation(&id).to_response(),

@@ -18,7 +18,7 @@ use std::{convert::Infallible, sync::Arc};
 use arc_swap::ArcSwap;
 use warp::{Filter, Reply};
 
-use crate::{collect::runner::DemandHandle, snapshot::SnapshotStore};
+use crate::snapshot::SnapshotStore;
 
 pub mod acl;
 pub mod errors;
@@ -35,13 +35,11 @@ pub use errors::ApiError;
 pub use server::{load_tls, serve, TlsError};
 
 /// What the handlers read: the snapshot store, and the tokens (swappable at run time);
-/// how they ask the collector for an allocation's detail; the `host` label of metrics.
+/// the `host` label of metrics. Handlers only read: nothing here reaches the collector.
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Arc<SnapshotStore>,
     pub acl: Arc<ArcSwap<Acl>>,
-    /// `None`: no collector to ask (tests serving a fixed snapshot).
-    pub demand: Option<DemandHandle>,
     /// The node's hostname, as Nomad labels its metrics.
     pub host: Arc<str>,
 }
@@ -52,7 +50,6 @@ impl ApiState {
         Self {
             store,
             acl: Arc::new(ArcSwap::from_pointee(acl)),
-            demand: None,
             host: metrics::hostname().into(),
         }
     }
@@ -60,12 +57,6 @@ impl ApiState {
     /// Labels the metrics with `host` instead of the hostname (tests, fixed output).
     pub fn with_host(mut self, host: &str) -> Self {
         self.host = host.into();
-        self
-    }
-
-    /// Lets the handlers ask the collector to detail an allocation on first request.
-    pub fn with_demand(mut self, demand: DemandHandle) -> Self {
-        self.demand = Some(demand);
         self
     }
 

@@ -1,6 +1,6 @@
 //! Cgroup hierarchies: where they are mounted ([`mounts`]), where Nomad put each task's
 //! cgroups ([`discover`]), and the memory, throttling and CPU counters read from them
-//! ([`stats`]).
+//! ([`stats`]), through control files kept open ([`control_files`]).
 //!
 //! Every file is read through [`crate::fsutil::Tree`], opened once per hierarchy mount,
 //! so a name found in a cgroup directory can never lead a read out of that mount.
@@ -8,6 +8,7 @@
 //! Tasks end at any moment: a cgroup that disappears between being found and being read
 //! gives [`CgroupError::Vanished`], which callers treat as "task gone", not as a failure.
 
+pub mod control_files;
 mod discover;
 mod mounts;
 mod stats;

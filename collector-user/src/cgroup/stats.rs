@@ -5,9 +5,9 @@
 //! the file does not exist (a kernel without that feature, a v2 controller not enabled)
 //! and [`CgroupError::Vanished`] when the cgroup itself is gone. These run for many tasks
 //! per interval, so each cgroup directory is opened once and kept (a control file is then
-//! one path component away instead of a walk from the mount), file contents go through
-//! one reused per-thread buffer, and each file is read at most once per
-//! `TaskCgroups::read_*` call.
+//! one path component away instead of a walk from the mount), its control files are kept
+//! open and re-read (see [`super::control_files`]), file contents go through one reused
+//! per-thread buffer, and each file is read at most once per `TaskCgroups::read_*` call.
 
 use std::{
     cell::RefCell,
@@ -19,11 +19,15 @@ use std::{
 
 use tracing::debug;
 
-use super::{discover, CgroupError};
+use super::{control_files::ControlFiles, discover, CgroupError};
 use crate::{
     fsutil::{fd_inode, open_beneath, read_fd_into, Tree},
     model::measured,
 };
+
+/// Files listing PIDs: a seq_file record per PID, so not read the way
+/// [`ControlFiles`] reads single-record files.
+const PID_LISTS: [&str; 2] = ["cgroup.procs", "cgroup.threads"];
 
 thread_local! {
     /// Reused buffer for control files' text.
@@ -339,6 +343,8 @@ pub struct CgroupDir {
     /// The directory (`O_PATH`) and its inode, opened beneath the mount on first read and
     /// kept; shared by clones.
     handle: Arc<OnceLock<(OwnedFd, u64)>>,
+    /// Its control files, kept open once read; shared by clones.
+    files: Arc<ControlFiles>,
 }
 
 macro_rules! single_value_files {
@@ -359,6 +365,7 @@ impl CgroupDir {
             tree,
             rel,
             handle: Arc::default(),
+            files: Arc::default(),
         }
     }
 
@@ -440,11 +447,16 @@ impl CgroupDir {
         name: &str,
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> Result<Option<T>, CgroupError> {
-        let result = self.open_file(name).and_then(|file| {
-            TEXT.with(|text| {
-                let text = &mut *text.borrow_mut();
-                read_fd_into(file.as_fd(), text).map(|()| parse(text))
-            })
+        let result = TEXT.with(|text| {
+            let text = &mut *text.borrow_mut();
+            let read = if PID_LISTS.contains(&name) {
+                // Many records, and read rarely (the /proc fallback): opened per read.
+                self.open_file(name)
+                    .and_then(|file| read_fd_into(file.as_fd(), text))
+            } else {
+                self.files.read(name, || self.open_file(name), text)
+            };
+            read.map(|()| parse(text))
         });
         match result {
             Ok(Ok(value)) => Ok(Some(value)),
@@ -453,7 +465,12 @@ impl CgroupDir {
                 detail,
             }),
             Err(err) => match err.raw_os_error() {
-                Some(libc::ENODEV) => Err(self.dir_error(err)),
+                // A file of a removed cgroup, or a kept file whose controller was turned
+                // off (cgroup v2 removes its files): the directory tells which.
+                Some(libc::ENODEV) => match (self.inode(), self.handle.get()) {
+                    (Ok(now), Some((_, opened))) if now == *opened => Ok(None),
+                    _ => Err(self.dir_error(err)),
+                },
                 // No such file, or a kept directory that was removed: which one is told
                 // by whether the directory at this path is still the one opened.
                 Some(libc::ENOENT) => match (self.inode(), self.handle.get()) {

@@ -539,6 +539,9 @@ fn v1_memory_cpu_and_throttling() {
     );
     fs::remove_file(r.join(format!("{mem}/memory.kmem.usage_in_bytes"))).unwrap();
     fs::remove_file(r.join(format!("{mem}/memory.kmem.max_usage_in_bytes"))).unwrap();
+    // A fresh reader: the old one keeps its files open, and a removed file of a fake tree
+    // would still read (cgroupfs never removes one under a reader without ENODEV).
+    let cg = d.task_cgroups(&tasks[0]);
     let m = cg.read_memory().unwrap();
     assert_eq!((m.rss, m.cache, m.mapped_file), (Some(2), Some(1), Some(3)));
     assert_eq!(m.swap, Some(8999));
@@ -552,11 +555,13 @@ fn v1_memory_cpu_and_throttling() {
     write(r, &format!("{mem}/memory.memsw.usage_in_bytes"), "10\n");
     assert_eq!(cg.read_memory().unwrap().swap, Some(0));
     fs::remove_file(r.join(format!("{mem}/memory.memsw.usage_in_bytes"))).unwrap();
+    let cg = d.task_cgroups(&tasks[0]);
     assert_eq!(cg.read_memory().unwrap().swap, None);
 
     // No cpuacct.usage_user/sys (old kernels).
     fs::remove_file(r.join(format!("{cpu}/cpuacct.usage_user"))).unwrap();
     fs::remove_file(r.join(format!("{cpu}/cpuacct.usage_sys"))).unwrap();
+    let cg = d.task_cgroups(&tasks[0]);
     let u = cg.read_cpu_usage().unwrap().unwrap();
     assert_eq!((u.total_ns, u.user_ns, u.system_ns), (5000000, None, None));
 
@@ -622,6 +627,10 @@ fn v2_memory_cpu_throttling_and_limits() {
         ]
     );
     write(r, &format!("{dir}/memory.peak"), "450\n");
+    // A file that appears is looked for again only every ABSENT_RETRY reads.
+    for _ in 0..crate::cgroup::control_files::ABSENT_RETRY {
+        assert_eq!(cg.read_memory().unwrap().max_usage, None);
+    }
     assert_eq!(cg.read_memory().unwrap().max_usage, Some(450));
 
     let v2 = cg.v2.as_ref().unwrap();

@@ -23,8 +23,6 @@ pub struct TaskFigures {
     pub rates: CpuRates,
     pub memory: Option<MemoryFigures>,
     pub throttling: ThrottleFigures,
-    /// Whether the processes were sampled (`pids` is then complete, possibly empty).
-    pub detailed: bool,
     pub pids: Vec<PidFigures>,
     /// Unix ns.
     pub timestamp: i64,

@@ -1,6 +1,6 @@
 //! The eBPF CPU source: keeps the kernel's tracked-cgroup map in step with the tasks,
 //! reads every tracked cgroup's cumulative CPU with one batch lookup per cycle, and
-//! samples single processes on demand through the per-process task iterator.
+//! every tracked cgroup's processes with one pass of the task iterator.
 
 use std::collections::{HashMap, HashSet};
 
@@ -96,8 +96,50 @@ pub struct EbpfSource {
     checkpoint_failures: u64,
     counters: Vec<CgroupCpu>,
     samples: Vec<ThreadSample>,
+    /// The last pass's processes, by the counter slot of their cgroup (see
+    /// [`EbpfSource::processes_in`]).
+    processes: SlotProcesses,
+    /// Whether the last pass succeeded (else tasks read their processes from /proc).
+    processes_read: bool,
     page_size: u64,
     pinned: bool,
+}
+
+/// Processes sorted by the counter slot of the tracked cgroup they were seen in.
+#[derive(Debug, Default)]
+struct SlotProcesses {
+    slots: Vec<u32>,
+    processes: Vec<ProcessSample>,
+}
+
+impl SlotProcesses {
+    /// Folds one pass's thread records into processes: the threads of one process in
+    /// one cgroup become one sample (a process whose threads sit in two cgroups, as
+    /// cgroup v2's threaded mode allows, gets one sample in each).
+    fn fold(&mut self, threads: &mut [ThreadSample], page_size: u64) {
+        self.slots.clear();
+        self.processes.clear();
+        threads.sort_unstable_by_key(|t| (t.slot, t.tgid));
+        for group in threads.chunk_by(|a, b| (a.slot, a.tgid) == (b.slot, b.tgid)) {
+            let mut process = ProcessSample {
+                pid: group[0].tgid,
+                // Without the leader in this cgroup, the oldest thread tells a reused PID.
+                start: group.iter().map(|t| t.start_ns).min().unwrap_or(0),
+                ..ProcessSample::default()
+            };
+            for thread in group {
+                fold_thread(&mut process, thread, page_size);
+            }
+            self.slots.push(group[0].slot);
+            self.processes.push(process);
+        }
+    }
+
+    fn in_slot(&self, slot: u32) -> &[ProcessSample] {
+        let start = self.slots.partition_point(|&s| s < slot);
+        let end = self.slots.partition_point(|&s| s <= slot);
+        &self.processes[start..end]
+    }
 }
 
 /// Adds a thread's record to its process's sample.
@@ -159,6 +201,8 @@ impl EbpfSource {
             checkpoint_failures: 0,
             counters: Vec::new(),
             samples: Vec::new(),
+            processes: SlotProcesses::default(),
+            processes_read: false,
             page_size: crate::procfs::page_size(),
             pinned: options.pin_root.is_some(),
         })
@@ -327,34 +371,32 @@ impl EbpfSource {
         Ok(())
     }
 
-    /// Samples processes `pids` through the per-process task iterator and appends one
-    /// [`ProcessSample`] per process still alive to `out`.
-    pub fn sample_processes(
-        &mut self,
-        pids: &[u32],
-        out: &mut Vec<ProcessSample>,
-    ) -> Result<(), KernelError> {
-        for &pid in pids {
+    /// Reads the processes of every tracked cgroup with one pass of the task iterator
+    /// (see [`EbpfSource::processes_in`]). Without the iterator, nothing is read and
+    /// every cgroup shows no process.
+    pub fn sample_processes(&mut self) -> Result<(), KernelError> {
+        let result = self.kernel.sample_tracked_threads(&mut self.samples);
+        self.processes_read = result.is_ok();
+        if result.is_err() {
             self.samples.clear();
-            self.kernel.sample_process(pid, &mut self.samples)?;
-            if self.samples.is_empty() {
-                continue; // exited since it was listed
-            }
-            let mut process = ProcessSample {
-                pid,
-                ..ProcessSample::default()
-            };
-            for thread in &self.samples {
-                fold_thread(&mut process, thread, self.page_size);
-            }
-            out.push(process);
         }
-        Ok(())
+        self.processes.fold(&mut self.samples, self.page_size);
+        result
     }
 
-    /// Lets go of the per-process iterators of processes no longer asked about.
-    pub fn retain_processes(&mut self, keep: &HashSet<u32>) {
-        self.kernel.retain_process_links(|pid| keep.contains(&pid));
+    /// Whether the last [`EbpfSource::sample_processes`] read every tracked cgroup's
+    /// processes.
+    pub fn has_processes(&self) -> bool {
+        self.processes_read
+    }
+
+    /// The processes the last [`EbpfSource::sample_processes`] saw in tracked cgroup
+    /// `id` (not its descendants, which are tracked cgroups of their own), by PID.
+    pub fn processes_in(&self, id: u64) -> &[ProcessSample] {
+        match self.tracked.get(&id) {
+            Some(&slot) => self.processes.in_slot(slot),
+            None => &[],
+        }
     }
 }
 
@@ -404,6 +446,43 @@ mod tests {
                 swap_bytes: 0
             })
         );
+    }
+
+    #[test]
+    fn a_pass_folds_into_processes_per_cgroup_slot() {
+        let thread = |slot, tgid, tid, run_ns| ThreadSample {
+            slot,
+            tgid,
+            tid,
+            run_ns,
+            start_ns: u64::from(tid),
+            flags: if tid == tgid { sample_flags::LEADER } else { 0 },
+            ..ThreadSample::default()
+        };
+        let mut threads = vec![
+            thread(2, 30, 31, 5),
+            thread(0, 10, 10, 1),
+            thread(2, 30, 30, 7),
+            thread(0, 11, 11, 2),
+            thread(1, 30, 32, 100),
+        ];
+        let mut table = SlotProcesses::default();
+        table.fold(&mut threads, 4096);
+        let pids = |slot| {
+            table
+                .in_slot(slot)
+                .iter()
+                .map(|p| (p.pid, p.cpu.run_ns, p.start))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pids(0), vec![(10, 1, 10), (11, 2, 11)]);
+        assert_eq!(
+            pids(1),
+            vec![(30, 100, 32)],
+            "a thread in another cgroup than its leader: a sample there, started as it"
+        );
+        assert_eq!(pids(2), vec![(30, 12, 30)], "two threads, one process");
+        assert!(table.in_slot(3).is_empty());
     }
 
     #[test]

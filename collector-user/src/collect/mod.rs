@@ -1,22 +1,16 @@
 //! The collection cycle: sources -> samples -> rates -> snapshot.
 //!
 //! Once per interval [`Collector::cycle`] brings the task set up to date (cgroupfs scan,
-//! configured allocations), reads every task's CPU, reads cgroup memory and throttling
-//! where due, turns two readings into rates, and returns an immutable [`Snapshot`].
-//! Nothing here runs on the request path.
+//! configured allocations), reads every task's CPU, processes and cgroup memory and
+//! throttling, turns two readings into rates, and returns an immutable [`Snapshot`].
+//! Nothing here runs on the request path: every allocation is complete in every
+//! snapshot, whether anyone asks or not.
 //!
-//! What is read depends on whether anyone is looking (eBPF source):
-//!
-//! | | every allocation | allocations asked about in the last `detail_for` |
+//! | | eBPF source | /proc source (Nomad's method) |
 //! |---|---|---|
-//! | task CPU | kernel counters: one batch read for all tasks | the same |
-//! | cgroup memory, throttling | every `cgroup_refresh`, spread over the period | every interval |
-//! | processes (`Pids`) | not collected | every interval, per-process task iterator |
-//!
-//! The first request for an allocation not yet detailed has the collector thread run
-//! [`Collector::detail_now`] for it at once, so even a single request gets `Pids` and
-//! fresh cgroup figures. The /proc source (Nomad's method) reads every process of every
-//! task every interval anyway, so there everything is detailed.
+//! | task CPU | kernel counters of every tracked cgroup: one batch read | sum of the processes' |
+//! | processes (`Pids`) | one task-iterator pass over the host for every tracked cgroup | `cgroup.procs`, then /proc per process |
+//! | cgroup memory, throttling | control files kept open, re-read | the same |
 
 pub mod assemble;
 pub mod ebpf;
@@ -68,10 +62,6 @@ pub enum CollectError {
 /// The settings a running collector can take from a reloaded configuration.
 #[derive(Clone, Debug)]
 struct Settings {
-    interval: Duration,
-    cgroup_refresh: Duration,
-    detail_for: Duration,
-    detail_all: bool,
     cpu_total_compute: Option<u64>,
     data_dirs: Vec<PathBuf>,
     allocations: Vec<StaticAllocation>,
@@ -80,20 +70,10 @@ struct Settings {
 impl Settings {
     fn from_config(config: &Config) -> Self {
         Self {
-            interval: config.interval,
-            cgroup_refresh: config.cgroup_refresh,
-            detail_for: config.detail_for,
-            detail_all: config.detail_all,
             cpu_total_compute: (config.cpu_total_compute > 0).then_some(config.cpu_total_compute),
             data_dirs: config.data_dirs.clone(),
             allocations: config.allocations.clone(),
         }
-    }
-
-    /// Cycles between two background reads of a task's cgroup files.
-    fn refresh_cycles(&self) -> u64 {
-        let cycles = self.cgroup_refresh.as_nanos() / self.interval.as_nanos().max(1);
-        u64::try_from(cycles).unwrap_or(u64::MAX).max(1)
     }
 }
 
@@ -163,8 +143,6 @@ pub struct Collector {
     synced_generation: Option<u64>,
     /// Cgroup ids the kernel map had no room for (their tasks are measured per process).
     untrackable: HashSet<u64>,
-    /// Allocations collected in detail, and until when (see the module comment).
-    detail_until: HashMap<String, Instant>,
     /// `TotalTicks` of one percent of a core, as of the last cycle.
     ticks_per_percent: f64,
     /// Cumulative CPU per tracked cgroup id from the last kernel reading (exited threads
@@ -178,8 +156,8 @@ pub struct Collector {
 struct Scratch {
     pids: Vec<u32>,
     samples: Vec<ProcessSample>,
-    /// Processes sampled one by one in the current cycle.
-    sampled: HashSet<u32>,
+    /// Processes sampled in the current cycle.
+    sampled: u64,
 }
 
 /// Where a task's figures come from this cycle, borrowed from the collector.
@@ -193,26 +171,28 @@ struct Sources<'a> {
 struct Vanished;
 
 impl Sources<'_> {
-    /// Samples every process of the task: listed from its cgroups (descendants included)
-    /// or from the configuration, then read one by one through the per-process task
-    /// iterator (eBPF) or /proc. Processes that exit meanwhile are skipped.
-    fn processes_of(&mut self, task: &TaskEntry) -> Result<Vec<ProcessSample>, Vanished> {
-        let pids = &mut self.scratch.pids;
-        pids.clear();
-        match &task.members {
-            Members::Cgroups(cgroups) => match cgroups.read_procs() {
-                Ok(listed) => pids.extend(listed),
-                Err(e) if e.is_vanished() => return Err(Vanished),
-                Err(e) => warn!(error = %e, "listing a task's processes"),
-            },
-            Members::Pids(configured) => pids.extend(configured),
-        }
+    /// Samples every process of the task. A task whose cgroups the kernel tracks
+    /// (`tracked`) takes them from this cycle's task-iterator pass; any other lists them
+    /// from its cgroups (descendants included) or the configuration and reads each from
+    /// /proc. Processes that exit meanwhile are skipped.
+    fn processes_of(
+        &mut self,
+        task: &TaskEntry,
+        tracked: bool,
+    ) -> Result<Vec<ProcessSample>, Vanished> {
         let samples = &mut self.scratch.samples;
         samples.clear();
-        match self.ebpf.as_deref_mut().filter(|e| e.samples_processes()) {
+        match self
+            .ebpf
+            .as_deref()
+            .filter(|e| tracked && e.has_processes())
+        {
             Some(ebpf) => {
-                if let Err(e) = ebpf.sample_processes(pids, samples) {
-                    warn!(error = %e, "sampling processes through the task iterator");
+                for &id in &task.attribution {
+                    samples.extend_from_slice(ebpf.processes_in(id));
+                }
+                if task.attribution.len() > 1 {
+                    merge_same_processes(samples);
                 }
                 if !ebpf.reads_process_memory() {
                     // A kernel whose mm_struct layout is unknown: memory from /proc.
@@ -222,6 +202,16 @@ impl Sources<'_> {
                 }
             }
             None => {
+                let pids = &mut self.scratch.pids;
+                pids.clear();
+                match &task.members {
+                    Members::Cgroups(cgroups) => match cgroups.read_procs() {
+                        Ok(listed) => pids.extend(listed),
+                        Err(e) if e.is_vanished() => return Err(Vanished),
+                        Err(e) => warn!(error = %e, "listing a task's processes"),
+                    },
+                    Members::Pids(configured) => pids.extend(configured),
+                }
                 for &pid in pids.iter() {
                     match self.procs.sample(pid, true) {
                         Ok(Some(sample)) => samples.push(sample),
@@ -231,9 +221,25 @@ impl Sources<'_> {
                 }
             }
         }
-        self.scratch.sampled.extend(samples.iter().map(|p| p.pid));
+        self.scratch.sampled += samples.len() as u64;
         Ok(samples.clone())
     }
+}
+
+/// Sorts by PID and makes one sample of a process seen in several of the task's
+/// cgroups (threads of one process in two cgroups, which cgroup v2's threaded mode
+/// allows): its CPU added up, start and memory from the part that has them.
+fn merge_same_processes(samples: &mut Vec<ProcessSample>) {
+    samples.sort_unstable_by_key(|p| p.pid);
+    samples.dedup_by(|later, kept| {
+        if later.pid != kept.pid {
+            return false;
+        }
+        kept.cpu = kept.cpu.saturating_add(later.cpu);
+        kept.start = kept.start.min(later.start);
+        kept.memory = kept.memory.or(later.memory);
+        true
+    });
 }
 
 /// A task's CPU over one interval.
@@ -241,8 +247,8 @@ struct TaskCpu {
     rates: CpuRates,
     /// Cumulative CPU ns (see `TaskInfo::cpu_total_ns`).
     total_ns: u64,
-    /// Per-process figures, when collected.
-    processes: Option<Vec<(ProcessSample, CpuRates)>>,
+    /// Per-process figures.
+    processes: Vec<(ProcessSample, CpuRates)>,
 }
 
 impl Collector {
@@ -334,7 +340,6 @@ impl Collector {
             cycle_errors: 0,
             synced_generation: None,
             untrackable: HashSet::new(),
-            detail_until: HashMap::new(),
             ticks_per_percent: 0.0,
             kernel_cpu: FastMap::default(),
             scratch: Scratch::default(),
@@ -359,20 +364,11 @@ impl Collector {
         self.settings = Settings::from_config(config);
     }
 
-    /// Keeps the allocations clients asked for detailed for `detail_for` from now.
-    pub fn note_requests(&mut self, alloc_ids: &[String]) {
-        let until = Instant::now() + self.settings.detail_for;
-        for id in alloc_ids {
-            self.detail_until.insert(id.clone(), until);
-        }
-    }
-
     /// One collection cycle.
     pub fn cycle(&mut self) -> Snapshot {
         let started = Instant::now();
         let cpu_before = thread_cpu_time();
         let mut errors = 0u64;
-        self.detail_until.retain(|_, until| *until > started);
 
         let scan_ns = monotonic_ns();
         let attribution = self.ebpf.as_ref().map(|e| e.attribution().clone());
@@ -408,14 +404,21 @@ impl Collector {
                         }
                     }
                 }
-                match ebpf.read(&mut self.kernel_cpu) {
+                let read = match ebpf.read(&mut self.kernel_cpu) {
                     Ok(()) => true,
                     Err(e) => {
                         errors += 1;
                         warn!(error = %e, "reading the eBPF programs failed; CPU figures are 0 this cycle");
                         false
                     }
+                };
+                if ebpf.samples_processes() {
+                    if let Err(e) = ebpf.sample_processes() {
+                        errors += 1;
+                        warn!(error = %e, "the task iterator failed; processes are read from /proc this cycle");
+                    }
                 }
+                read
             }
             None => false,
         };
@@ -424,10 +427,8 @@ impl Collector {
         let (total_compute, cores) = self.compute_capacity();
         self.ticks_per_percent = total_ticks(1.0, total_compute, cores);
 
-        self.scratch.sampled.clear();
-        let refresh_cycles = self.settings.refresh_cycles();
+        self.scratch.sampled = 0;
         let mut vanished = Vec::new();
-        let detail_all = self.settings.detail_all || self.ebpf.is_none();
         let mut sources = Sources {
             ebpf: self.ebpf.as_mut(),
             procs: &mut self.procs,
@@ -441,36 +442,31 @@ impl Collector {
                     .iter()
                     .any(|id| self.untrackable.contains(id)))
             .then_some(&self.kernel_cpu);
-            let want_processes = detail_all || self.detail_until.contains_key(&key.0);
-            let cpu = match task_cpu(task, kernel, &mut sources, want_processes, at) {
+            let cpu = match task_cpu(task, kernel, &mut sources, at) {
                 Ok(cpu) => cpu,
                 Err(Vanished) => {
                     vanished.push(key.clone());
                     continue;
                 }
             };
-            let due = cpu.processes.is_some()
-                || task.cgroups_read_at.is_none()
-                || task.turn(self.cycles, refresh_cycles);
-            if due {
-                match refresh_cgroup_figures(task, at) {
-                    Ok(()) => {}
-                    Err(true) => {
-                        vanished.push(key.clone());
-                        continue;
-                    }
-                    Err(false) => errors += 1,
+            match refresh_cgroup_figures(task, at) {
+                Ok(()) => {}
+                Err(true) => {
+                    vanished.push(key.clone());
+                    continue;
                 }
+                Err(false) => errors += 1,
             }
-            let pids = cpu.processes.as_deref().map(pid_figures);
-            task.set_figures(cpu.rates, cpu.total_ns, pids, timestamp);
+            task.set_figures(
+                cpu.rates,
+                cpu.total_ns,
+                pid_figures(&cpu.processes),
+                timestamp,
+            );
         }
         for key in vanished {
             debug!(alloc_id = %key.0, task = %key.1, "task cgroup vanished during the cycle");
             self.tasks.remove(&key);
-        }
-        if let Some(ebpf) = self.ebpf.as_mut() {
-            ebpf.retain_processes(&self.scratch.sampled);
         }
 
         let host = self
@@ -482,7 +478,6 @@ impl Collector {
         }
         let allocations = self.allocation_entries();
         let health = self.health(
-            &allocations,
             started.elapsed(),
             thread_cpu_time().saturating_sub(cpu_before),
         );
@@ -491,59 +486,6 @@ impl Collector {
             allocations,
             host,
             health,
-            ..Snapshot::default()
-        }
-    }
-
-    /// Collects allocations `alloc_ids` in detail right away (their processes and fresh
-    /// cgroup figures; CPU rates stay those of the last cycle) and returns `current` with
-    /// their entries replaced. Run when a client asks for an allocation that is not
-    /// detailed yet, so that its first answer is complete.
-    pub fn detail_now(&mut self, alloc_ids: &[String], current: &Snapshot) -> Snapshot {
-        let at = Instant::now();
-        let timestamp = unix_ns();
-        self.note_requests(alloc_ids);
-        let mut allocations = current.allocations.clone();
-        let mut vanished = Vec::new();
-        let mut sources = Sources {
-            ebpf: self.ebpf.as_mut(),
-            procs: &mut self.procs,
-            scratch: &mut self.scratch,
-        };
-        for alloc_id in alloc_ids {
-            for (key, task) in alloc_tasks_mut(&mut self.tasks, alloc_id) {
-                let processes = match sources.processes_of(task) {
-                    Ok(processes) => pid_rates(task, processes, at),
-                    Err(Vanished) => {
-                        vanished.push(key.clone());
-                        continue;
-                    }
-                };
-                if let Err(true) = refresh_cgroup_figures(task, at) {
-                    vanished.push(key.clone());
-                    continue;
-                }
-                let (rates, total_ns) = task
-                    .figures
-                    .as_ref()
-                    .map_or((CpuRates::default(), 0), |f| (f.rates, task.cpu_total_ns));
-                task.set_figures(rates, total_ns, Some(pid_figures(&processes)), timestamp);
-            }
-        }
-        for key in vanished {
-            self.tasks.remove(&key);
-        }
-        for alloc_id in alloc_ids {
-            match self.allocation_entry(alloc_id) {
-                Some(entry) => allocations.insert(alloc_id.clone(), Arc::new(entry)),
-                None => allocations.remove(alloc_id),
-            };
-        }
-        Snapshot {
-            taken_at_unix_ns: current.taken_at_unix_ns,
-            allocations,
-            host: current.host.clone(),
-            health: current.health.clone(),
             ..Snapshot::default()
         }
     }
@@ -563,17 +505,6 @@ impl Collector {
         out
     }
 
-    /// One allocation's snapshot entry, or None when it has no task (any more).
-    fn allocation_entry(&self, alloc_id: &str) -> Option<AllocEntry> {
-        let group = self
-            .tasks
-            .tasks
-            .range((alloc_id.to_owned(), String::new())..)
-            .take_while(|((a, _), _)| a == alloc_id)
-            .collect();
-        self.entry_of(alloc_id, group)
-    }
-
     /// The entry of allocation `alloc_id` made of `tasks` (all its tasks). Nomad's types
     /// are built from the tasks' figures only when something reads them.
     fn entry_of(&self, alloc_id: &str, tasks: Vec<(&TaskKey, &TaskEntry)>) -> Option<AllocEntry> {
@@ -587,7 +518,6 @@ impl Collector {
             tasks: Vec::with_capacity(tasks.len()),
         };
         let mut figures = Vec::with_capacity(tasks.len());
-        let mut detailed = true;
         let wait_measured = self
             .ebpf
             .as_ref()
@@ -596,7 +526,6 @@ impl Collector {
             let Some(f) = &task.figures else {
                 continue;
             };
-            detailed &= f.detailed;
             info.tasks.push(TaskInfo {
                 name: name.clone(),
                 cgroups: task.cgroup_paths.clone(),
@@ -613,7 +542,7 @@ impl Collector {
             return None;
         }
         let ticks_per_percent = self.ticks_per_percent;
-        Some(AllocEntry::lazy(info, detailed, move || {
+        Some(AllocEntry::lazy(info, move || {
             figures
                 .iter()
                 .map(|(name, f)| (name.clone(), f.usage(ticks_per_percent)))
@@ -631,12 +560,7 @@ impl Collector {
         (total as f64, cores)
     }
 
-    fn health(
-        &self,
-        allocations: &HashMap<String, Arc<AllocEntry>>,
-        took: Duration,
-        cpu: Duration,
-    ) -> Health {
+    fn health(&self, took: Duration, cpu: Duration) -> Health {
         let mut health = Health {
             source: self.source_kind(),
             fallback_reason: self.fallback_reason.clone(),
@@ -644,8 +568,8 @@ impl Collector {
             cycle_cpu: cpu,
             cycles: self.cycles,
             cycle_errors: self.cycle_errors,
-            detailed_allocations: allocations.values().filter(|a| a.detailed).count() as u64,
-            processes_sampled: self.scratch.sampled.len() as u64,
+            processes_sampled: self.scratch.sampled,
+            control_files_open: crate::cgroup::control_files::kept() as u64,
             ..Health::default()
         };
         if let Some(ebpf) = &self.ebpf {
@@ -668,30 +592,18 @@ impl Collector {
     }
 }
 
-/// The tasks of one allocation, mutably.
-fn alloc_tasks_mut<'a>(
-    tasks: &'a mut TaskSet,
-    alloc_id: &'a str,
-) -> impl Iterator<Item = (&'a TaskKey, &'a mut TaskEntry)> + 'a {
-    tasks
-        .tasks
-        .range_mut((alloc_id.to_owned(), String::new())..)
-        .take_while(move |((a, _), _)| a == alloc_id)
-}
-
-/// One task's CPU this cycle.
+/// One task's CPU and processes this cycle.
 ///
 /// With `kernel` counters (eBPF, the task's cgroups tracked): the task's CPU is the
-/// change of its cgroups' cumulative counters, exited processes included; its processes
-/// are sampled only when `want_processes`. Otherwise (the /proc source, configured PIDs,
-/// cgroups that did not fit the kernel map) the task's CPU is the sum of its processes'
-/// (Nomad's method: a process that exited between two samples is not counted), so the
-/// processes are always sampled.
+/// change of its cgroups' cumulative counters, exited processes included, and its
+/// processes come from the cycle's task-iterator pass. Otherwise (the /proc source,
+/// configured PIDs, cgroups that did not fit the kernel map) the task's CPU is the sum
+/// of its processes' (Nomad's method: a process that exited between two samples is not
+/// counted).
 fn task_cpu(
     task: &mut TaskEntry,
     kernel: Option<&FastMap<u64, KernelCounters>>,
     sources: &mut Sources<'_>,
-    want_processes: bool,
     at: Instant,
 ) -> Result<TaskCpu, Vanished> {
     let Some(kernel) = kernel else {
@@ -699,7 +611,7 @@ fn task_cpu(
         // kernel's starts from a first sample.
         task.cpu = CounterTrack::default();
         task.clear_kernel_counters();
-        let processes = sources.processes_of(task)?;
+        let processes = sources.processes_of(task, false)?;
         let total_ns = processes.iter().map(|p| p.cpu.run_ns).sum();
         let processes = pid_rates(task, processes, at);
         let mut rates = CpuRates::default();
@@ -711,7 +623,7 @@ fn task_cpu(
         return Ok(TaskCpu {
             rates,
             total_ns,
-            processes: Some(processes),
+            processes,
         });
     };
     let mut counters = KernelCounters::default();
@@ -724,14 +636,8 @@ fn task_cpu(
     let identity = task.identity();
     let rates = task.cpu.update(identity, cumulative, at);
     task.set_kernel_counters(counters, at);
-    let processes = if want_processes {
-        let processes = sources.processes_of(task)?;
-        Some(pid_rates(task, processes, at))
-    } else {
-        // Not looked at: per-process state is dropped, the next detail starts afresh.
-        task.pids.clear();
-        None
-    };
+    let processes = sources.processes_of(task, true)?;
+    let processes = pid_rates(task, processes, at);
     Ok(TaskCpu {
         rates,
         total_ns: cumulative.run_ns,

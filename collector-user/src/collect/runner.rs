@@ -1,6 +1,7 @@
 //! The collector's own thread: one cycle per interval, each result published to the
-//! snapshot store. Reloads, on-demand detail and stop requests arrive over a channel and
-//! are acted on between cycles, so a cycle is never interrupted half-way.
+//! snapshot store. Reloads and stop requests arrive over a channel and are acted on
+//! between cycles, so a cycle is never interrupted half-way. Nothing else reaches the
+//! collector: HTTP handlers only read the published snapshots.
 
 use std::{
     sync::{
@@ -11,7 +12,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::oneshot;
 use tracing::{debug, info};
 
 use super::Collector;
@@ -31,25 +31,7 @@ fn trim_heap() {
 
 enum Command {
     Reload(Box<Config>),
-    /// Collect these allocations in detail now; answer when the snapshot shows them.
-    Detail(String, oneshot::Sender<()>),
     Stop,
-}
-
-/// Asks the collector thread for on-demand work; cheap to clone, one per HTTP server.
-#[derive(Clone)]
-pub struct DemandHandle {
-    commands: mpsc::Sender<Command>,
-}
-
-impl DemandHandle {
-    /// Asks for allocation `alloc_id` to be collected in detail right away. The returned
-    /// receiver fires once the snapshot store holds the result (or the collector is gone).
-    pub fn detail(&self, alloc_id: String) -> oneshot::Receiver<()> {
-        let (done, wait) = oneshot::channel();
-        let _ = self.commands.send(Command::Detail(alloc_id, done));
-        wait
-    }
 }
 
 /// Handle to the running collector thread.
@@ -68,7 +50,6 @@ impl Runner {
                 let mut next = Instant::now();
                 let mut cycles: u64 = 0;
                 loop {
-                    collector.note_requests(&store.load().requested_allocations());
                     let snapshot = collector.cycle();
                     debug!(
                         took_ms = snapshot.health.cycle_duration.as_secs_f64() * 1e3,
@@ -87,50 +68,23 @@ impl Runner {
                         next = now + interval;
                     }
                     loop {
-                        let first = match inbox
-                            .recv_timeout(next.saturating_duration_since(Instant::now()))
-                        {
-                            Ok(command) => command,
+                        match inbox.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                            Ok(Command::Reload(config)) => {
+                                collector.reconfigure(&config);
+                                if config.interval != interval {
+                                    info!(
+                                        from = %humantime::format_duration(interval),
+                                        to = %humantime::format_duration(config.interval),
+                                        "collection interval changed"
+                                    );
+                                    interval = config.interval;
+                                    next = Instant::now() + interval;
+                                }
+                            }
+                            Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                                return collector
+                            }
                             Err(RecvTimeoutError::Timeout) => break,
-                            Err(RecvTimeoutError::Disconnected) => return collector,
-                        };
-                        // Everything that queued meanwhile is handled in one pass, so
-                        // concurrent requests for detail cost one refresh.
-                        let mut detail_ids = Vec::new();
-                        let mut waiting = Vec::new();
-                        let mut stop = false;
-                        for command in std::iter::once(first).chain(inbox.try_iter()) {
-                            match command {
-                                Command::Reload(config) => {
-                                    collector.reconfigure(&config);
-                                    if config.interval != interval {
-                                        info!(
-                                            from = %humantime::format_duration(interval),
-                                            to = %humantime::format_duration(config.interval),
-                                            "collection interval changed"
-                                        );
-                                        interval = config.interval;
-                                        next = Instant::now() + interval;
-                                    }
-                                }
-                                Command::Detail(alloc_id, done) => {
-                                    detail_ids.push(alloc_id);
-                                    waiting.push(done);
-                                }
-                                Command::Stop => stop = true,
-                            }
-                        }
-                        if !detail_ids.is_empty() {
-                            detail_ids.sort_unstable();
-                            detail_ids.dedup();
-                            let snapshot = collector.detail_now(&detail_ids, &store.load());
-                            store.store(snapshot);
-                            for done in waiting {
-                                let _ = done.send(());
-                            }
-                        }
-                        if stop {
-                            return collector;
                         }
                     }
                 }
@@ -139,13 +93,6 @@ impl Runner {
         Self {
             commands,
             thread: Some(thread),
-        }
-    }
-
-    /// A handle for the HTTP handlers to ask for on-demand detail.
-    pub fn demand(&self) -> DemandHandle {
-        DemandHandle {
-            commands: self.commands.clone(),
         }
     }
 

@@ -170,13 +170,13 @@ impl TaskEntry {
         }
     }
 
-    /// Records this cycle's figures: CPU as given, memory and throttling as last read,
-    /// `pids` when the processes were sampled.
+    /// Records this cycle's figures: CPU and processes as given, memory and throttling
+    /// as last read.
     pub fn set_figures(
         &mut self,
         rates: CpuRates,
         cpu_total_ns: u64,
-        pids: Option<Vec<PidFigures>>,
+        pids: Vec<PidFigures>,
         timestamp: i64,
     ) {
         self.cpu_total_ns = cpu_total_ns;
@@ -184,8 +184,7 @@ impl TaskEntry {
             rates,
             memory: self.memory,
             throttling: self.throttling,
-            detailed: pids.is_some(),
-            pids: pids.unwrap_or_default(),
+            pids,
             timestamp,
         }));
     }

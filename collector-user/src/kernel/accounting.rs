@@ -1,7 +1,6 @@
 //! Loading, attaching and reading the eBPF programs: [`KernelAccounting`].
 
 use std::{
-    collections::HashMap,
     io::Read,
     mem::size_of,
     os::fd::{AsFd, OwnedFd},
@@ -42,7 +41,7 @@ static THREAD_HASH_PROGRAMS: &[u8] =
 
 const SWITCH_PROGRAM: &str = "sched_switch";
 const CHECKPOINT_PROGRAM: &str = "checkpoint";
-const ITER_PROGRAM: &str = "process_threads";
+const ITER_PROGRAM: &str = "tracked_threads";
 const TRACKED_MAP: &str = "TRACKED_CGROUPS";
 const CGROUP_CPU_MAP: &str = "CGROUP_CPU";
 const CONTROL_MAP: &str = "CONTROL";
@@ -148,8 +147,8 @@ pub struct KernelAccounting {
     switch_prog_fd: OwnedFd,
     checkpoint_prog_fd: Option<OwnedFd>,
     iter_prog_fd: Option<OwnedFd>,
-    /// Task iterator links, one per process asked about, by PID.
-    process_links: HashMap<u32, OwnedFd>,
+    /// The task iterator's link (over every task), opened again for each pass.
+    iter_link: Option<OwnedFd>,
     programs: AttachedPrograms,
     features: KernelFeatures,
     layout: KernelLayout,
@@ -372,7 +371,7 @@ impl KernelAccounting {
             probe_checkpoint(checkpoint)?;
             prog_fd(checkpoint.fd(), CHECKPOINT_PROGRAM)
         });
-        let iter_prog_fd = load_optional(ITER_PROGRAM, || {
+        let iter = load_optional(ITER_PROGRAM, || {
             let iter: &mut Iter = ebpf
                 .program_mut(ITER_PROGRAM)
                 .ok_or(KernelError::Missing(ITER_PROGRAM))?
@@ -381,9 +380,16 @@ impl KernelAccounting {
             iter.load("task", aya_btf)
                 .map_err(|e| refused(ITER_PROGRAM, &e))?;
             let fd = prog_fd(iter.fd(), ITER_PROGRAM)?;
-            probe_process_iter(fd.as_fd())?;
-            Ok(fd)
+            let link = sys::task_iter_link_create(fd.as_fd()).map_err(|e| {
+                KernelError::Refused(format!("{ITER_PROGRAM}: creating its link: {e}"))
+            })?;
+            probe_task_iter(link.as_fd())?;
+            Ok((fd, link))
         });
+        let (iter_prog_fd, iter_link) = match iter {
+            Ok((fd, link)) => (Ok(fd), Some(link)),
+            Err(e) => (Err(e), None),
+        };
         let features = KernelFeatures {
             thread_state: store,
             checkpoint: feature_of(&checkpoint_prog_fd),
@@ -461,7 +467,7 @@ impl KernelAccounting {
             switch_prog_fd,
             checkpoint_prog_fd: checkpoint_prog_fd.ok(),
             iter_prog_fd: iter_prog_fd.ok(),
-            process_links: HashMap::new(),
+            iter_link,
             programs: AttachedPrograms {
                 sched_switch_id,
                 checkpoint_id,
@@ -472,7 +478,7 @@ impl KernelAccounting {
             layout: *layout,
             logger,
             cpus: configured_cpus(),
-            read_buf: Vec::with_capacity(4096),
+            read_buf: Vec::new(),
         })
     }
 
@@ -591,40 +597,23 @@ impl KernelAccounting {
         })
     }
 
-    /// Runs the task iterator over the threads of process `pid` and appends one sample
-    /// per thread to `out` (none when the process is gone). The iterator link is kept for
-    /// the next call; [`KernelAccounting::retain_process_links`] drops the unused ones.
-    pub fn sample_process(
+    /// Runs the task iterator over every task on the host and replaces `out` with one
+    /// sample per thread of a tracked cgroup.
+    pub fn sample_tracked_threads(
         &mut self,
-        pid: u32,
         out: &mut Vec<ThreadSample>,
     ) -> Result<(), KernelError> {
         let io = |what| move |source| KernelError::Io { what, source };
-        let Some(iter_prog_fd) = &self.iter_prog_fd else {
+        let Some(link) = &self.iter_link else {
             return Err(KernelError::Missing(ITER_PROGRAM));
         };
-        let link = match self.process_links.entry(pid) {
-            std::collections::hash_map::Entry::Occupied(link) => link.into_mut(),
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                match sys::process_iter_link_create(iter_prog_fd.as_fd(), pid) {
-                    Ok(link) => slot.insert(link),
-                    // The process is already gone.
-                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
-                    Err(e) => return Err(io("creating a process iterator link")(e)),
-                }
-            }
-        };
-        let mut file = sys::iter_create(link.as_fd()).map_err(io("opening a process iterator"))?;
+        let mut file = sys::iter_create(link.as_fd()).map_err(io("opening the task iterator"))?;
         self.read_buf.clear();
         file.read_to_end(&mut self.read_buf)
-            .map_err(io("reading a process iterator"))?;
+            .map_err(io("reading the task iterator"))?;
+        out.clear();
         out.extend(thread_samples(&self.read_buf));
         Ok(())
-    }
-
-    /// Drops the iterator links of the processes `keep` says no.
-    pub fn retain_process_links(&mut self, mut keep: impl FnMut(u32) -> bool) {
-        self.process_links.retain(|pid, _| keep(*pid));
     }
 
     /// Run count and total run time of each program, as the kernel accounts them while
@@ -762,10 +751,10 @@ fn refused(program: &'static str, error: &ProgramError) -> KernelError {
 }
 
 /// Runs `load` for an optional program; a failure turns only that program off, loudly.
-fn load_optional(
+fn load_optional<T>(
     program: &'static str,
-    load: impl FnOnce() -> Result<OwnedFd, KernelError>,
-) -> Result<OwnedFd, KernelError> {
+    load: impl FnOnce() -> Result<T, KernelError>,
+) -> Result<T, KernelError> {
     let loaded = load();
     if let Err(e) = &loaded {
         error!(
@@ -776,7 +765,8 @@ fn load_optional(
                 CHECKPOINT_PROGRAM =>
                     "a running thread's current slice is counted at its next context switch \
                      instead of at each read",
-                _ => "per-process figures (Pids) are read from /proc for the allocations asked about",
+                _ => "per-process figures (Pids) are read from /proc, process by process \
+                      (Nomad's cost)",
             }
         );
     }
@@ -812,29 +802,15 @@ fn probe_checkpoint(program: &RawTracePoint) -> Result<(), KernelError> {
     }
 }
 
-/// Runs the task iterator scoped to this process and checks that it saw this process's
-/// threads and nothing else: a kernel without per-process task iterators (before 6.1)
-/// either refuses the scope or would walk every task on the host.
-fn probe_process_iter(prog: std::os::fd::BorrowedFd<'_>) -> Result<(), KernelError> {
-    let pid = std::process::id();
-    let no_scope = |e: std::io::Error| {
-        KernelError::Refused(format!(
-            "{ITER_PROGRAM}: the kernel cannot scope a task iterator to one process \
-             (bpf_iter_link_info.task, 6.1+): {e}"
-        ))
+/// Runs one pass of the task iterator: nothing is tracked yet, so it must succeed and
+/// write nothing. A kernel that cannot run it refuses here, at load, not in a cycle.
+fn probe_task_iter(link: std::os::fd::BorrowedFd<'_>) -> Result<(), KernelError> {
+    let failed = |e: std::io::Error| {
+        KernelError::Refused(format!("{ITER_PROGRAM}: running the task iterator: {e}"))
     };
-    let link = sys::process_iter_link_create(prog, pid).map_err(no_scope)?;
-    let mut file = sys::iter_create(link.as_fd()).map_err(no_scope)?;
+    let mut file = sys::iter_create(link).map_err(failed)?;
     let mut buf = Vec::new();
-    file.read_to_end(&mut buf).map_err(no_scope)?;
-    let samples: Vec<ThreadSample> = thread_samples(&buf).collect();
-    if samples.is_empty() || samples.iter().any(|s| s.tgid != pid) {
-        return Err(KernelError::Refused(format!(
-            "{ITER_PROGRAM}: the iterator scoped to this process returned {} threads, not \
-             only this process's: the kernel ignores the scope",
-            samples.len()
-        )));
-    }
+    file.read_to_end(&mut buf).map_err(failed)?;
     Ok(())
 }
 

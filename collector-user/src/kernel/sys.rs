@@ -1,6 +1,5 @@
 //! The few `bpf(2)` commands aya 0.14 does not wrap: batch map lookup and creating a
-//! task iterator link scoped to one process, whose iterator files are opened again every
-//! interval.
+//! task iterator link whose iterator files are opened again every interval.
 
 use std::{
     fs::File,
@@ -56,18 +55,12 @@ fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
     }
 }
 
-/// `BPF_LINK_CREATE` for an `iter/task` program that visits the threads of process `pid`
-/// only (`bpf_iter_link_info.task.pid`, Linux 6.1+).
-pub fn process_iter_link_create(prog: BorrowedFd<'_>, pid: u32) -> io::Result<OwnedFd> {
-    // union bpf_iter_link_info { ...; struct { __u32 tid; __u32 pid; __u32 pid_fd; } task; }
-    // is 16 bytes (its largest member, the cgroup one).
-    let mut link_info = [0u32; 4];
-    link_info[1] = pid;
+/// `BPF_LINK_CREATE` for an `iter/task` program over every task on the host (no
+/// `bpf_iter_link_info`, which 5.10 does not take for task iterators).
+pub fn task_iter_link_create(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let mut attr = Attr::new();
     attr.put_u32(0, prog.as_raw_fd() as u32); // link_create.prog_fd
     attr.put_u32(8, BPF_TRACE_ITER); // link_create.attach_type
-    attr.put_u64(16, link_info.as_ptr() as u64); // link_create.iter_info
-    attr.put_u32(24, std::mem::size_of_val(&link_info) as u32); // link_create.iter_info_len
     let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
     // SAFETY: the kernel returned a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })

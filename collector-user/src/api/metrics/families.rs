@@ -449,19 +449,19 @@ pub static HEALTH: [HealthFamily; 23] = [
     },
     HealthFamily {
         family: Family::gauge(
-            "nomad_collector_detailed_allocations",
-            "Allocations collected in detail (per-process figures) in the last cycle.",
-        ),
-        json: "nomad_collector.detailed_allocations",
-        value: |h| h.health.detailed_allocations as f64,
-    },
-    HealthFamily {
-        family: Family::gauge(
             "nomad_collector_processes_sampled",
-            "Processes sampled one by one in the last cycle.",
+            "Processes of every task sampled in the last cycle (Pids).",
         ),
         json: "nomad_collector.processes_sampled",
         value: |h| h.health.processes_sampled as f64,
+    },
+    HealthFamily {
+        family: Family::gauge(
+            "nomad_collector_control_files_open",
+            "Cgroup control files kept open to be re-read every interval.",
+        ),
+        json: "nomad_collector.control_files_open",
+        value: |h| h.health.control_files_open as f64,
     },
     HealthFamily {
         family: Family::gauge(
