@@ -3,9 +3,7 @@
 
 use std::{thread, time::Duration};
 
-use integration_tests::{
-    burner, eventually, favoured, privileged, uuid, Cgroup, ConfigFile, Daemon, Nomad,
-};
+use integration_tests::{burner, eventually, favoured, privileged, uuid, Cgroup, Daemon, Nomad};
 use serde_json::Value;
 
 const MIB: f64 = 1024.0 * 1024.0;

@@ -14,13 +14,12 @@ use tokio::{net::TcpStream, task::JoinSet};
 
 use super::model::{AllocListing, AllocRow, AllocStats};
 
-/// Connections the stats of the allocations are fetched over at once. The daemon
-/// answers from memory, except for an allocation's first request, which may wait for
-/// one collection cycle: a few in parallel keep the first screen from waiting for each
-/// allocation's in turn.
+/// Connections the stats of the allocations are fetched over at once: the daemon
+/// answers each from memory, and a few in parallel keep a screen of hundreds of
+/// allocations from waiting on the round trips one after another.
 const PARALLEL: usize = 4;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Above the daemon's longest wait (2 s for a first detailed collection).
+/// Far above what a request takes: the daemon answers every one from memory.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Error)]

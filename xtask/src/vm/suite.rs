@@ -41,6 +41,25 @@ pub const VM_TESTS: &[(&str, &str)] = &[
         "signals",
         "a_task_killed_for_exceeding_its_memory_limit_counts_one_oom_kill",
     ),
+    // The full profile (issue 13): the task iterator's pass against the kernel's own
+    // counters, every process listed within an interval of its start and gone within
+    // one of its exit, RSS equal to statm, rates from the first request on.
+    (
+        "kernel_accounting",
+        "process_and_cgroup_totals_match_the_kernels_own_counters",
+    ),
+    (
+        "full_profile",
+        "every_process_is_listed_within_an_interval_of_its_start_and_gone_within_one_of_its_exit",
+    ),
+    (
+        "full_profile",
+        "each_process_rss_is_its_statm_resident_pages",
+    ),
+    (
+        "full_profile",
+        "the_first_request_gets_rates_not_first_samples",
+    ),
     // An unprivileged start falls back to /proc and still serves right figures.
     (
         "reliability",
