@@ -254,6 +254,21 @@ pub fn bpf_stats_enabled() -> bool {
 /// each allocation on its first request).
 const FIRST_PASS_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The daemon's collector thread. It can still be unnamed (or not started) when the
+/// daemon first answers on a busy host: looked for during a few seconds.
+fn collector_thread(pid: u32) -> Result<u32> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(tid) = process::thread_named(pid, "collector") {
+            return Ok(tid);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("no `collector` thread");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// One daemon run against `scenario` with `source`, Nomad's clients polling it when
 /// `with_clients`.
 pub fn run(
@@ -288,7 +303,7 @@ fn measure(
     with_clients: bool,
 ) -> Result<RunFigures> {
     let pid = daemon.pid();
-    let tid = process::thread_named(pid, "collector").context("no `collector` thread")?;
+    let tid = collector_thread(pid)?;
     let ids = daemon.program_ids();
     let interval = settings.interval;
     let clients = if with_clients {

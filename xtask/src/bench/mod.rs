@@ -46,8 +46,9 @@ use self::{
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// The headline figures only, in under 5 minutes, printed as a table (nothing is
-    /// written): eBPF against procfs at 1k and 10k processes, the sched_switch cost
-    /// against an empty program, daemon CPU and RSS. The other flags do not apply.
+    /// written): eBPF against procfs at 1k and 10k processes, and at 10k under nomad-apm
+    /// and the UI, the sched_switch cost against an empty program, daemon CPU and RSS.
+    /// The other flags do not apply.
     #[arg(long)]
     pub quick: bool,
     /// Scenarios, comma-separated: 100, 1k, 10k, 10k-idle, pipe, churn, clients-1k,

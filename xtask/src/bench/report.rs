@@ -299,7 +299,8 @@ fn client_targets(report: &Report) -> Vec<Target> {
     let limit = 32.0 * 1048576.0;
     vec![
         Target {
-            what: "under Nomad's clients (`clients-10k`): daemon CPU (user + system + BPF) ≥                    20× less than procfs, and ≤ 0.5% of one core",
+            what: "daemon CPU (user + system + BPF) under Nomad's clients (`clients-10k`): \
+                   ≥ 20× less than procfs, and ≤ 0.5% of one core",
             measured: match (ratio, total) {
                 (Some(x), Some(t)) => format!(
                     "{} less (median of per-round procfs ÷ eBPF totals); eBPF {} of one core",
@@ -313,7 +314,7 @@ fn client_targets(report: &Report) -> Vec<Target> {
                 .map(|(x, t)| x.median >= 20.0 && t.median <= 0.5),
         },
         Target {
-            what: "under Nomad's clients (`clients-10k`): VmRSS and peak VmHWM < 32 MiB",
+            what: "daemon VmRSS and peak VmHWM < 32 MiB under Nomad's clients (`clients-10k`)",
             measured: match (rss, hwm) {
                 (Some(r), Some(h)) => format!(
                     "VmRSS {} MiB at the end of the window; VmHWM {} MiB (eBPF source)",
@@ -901,7 +902,7 @@ fn clients_table(report: &Report, w: &mut String) {
     );
     let _ = writeln!(
         w,
-        "| Scenario | arm | user + system % | BPF % | total % | procfs ÷ eBPF (total) | VmRSS MiB | VmHWM MiB | requests per window: nomad-apm / UI | failed requests |"
+        "| Scenario | arm | user + system % | BPF % | total % | procfs ÷ eBPF (total) | VmRSS MiB | VmHWM MiB | requests per window: nomad-apm / UI | failed of all requests (all runs) |"
     );
     let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|");
     let pct = |x: f64| format!("{x:.3}");
