@@ -116,11 +116,11 @@ fn of(r: &ScenarioResult, source: Source, f: impl Fn(&RunFigures) -> f64) -> Opt
     Summary::of(r.of(source).map(f))
 }
 
-/// procfs ÷ eBPF CPU per cycle, one ratio per round (both arms ran in it).
-fn ratio(r: &ScenarioResult) -> Option<Summary> {
+/// procfs ÷ eBPF of `f`, one ratio per round (both arms ran in it).
+fn ratio(r: &ScenarioResult, f: fn(&RunFigures) -> f64) -> Option<Summary> {
     Summary::of(r.of(Source::Ebpf).filter_map(|e| {
         let p = r.of(Source::Procfs).find(|p| p.round == e.round)?;
-        Some(p.ms_per_cycle() / e.ms_per_cycle())
+        Some(f(p) / f(e))
     }))
 }
 
@@ -135,7 +135,7 @@ fn rows(results: &[ScenarioResult]) -> Vec<Row> {
         let Some(r) = find(results, key) else {
             continue;
         };
-        let ratio = ratio(r);
+        let ratio = ratio(r, RunFigures::ms_per_cycle);
         rows.push(Row {
             figure: format!("cycle cost, procfs ÷ eBPF, {}", r.spec.title),
             measured: match (
@@ -212,10 +212,7 @@ fn rows(results: &[ScenarioResult]) -> Vec<Row> {
         });
     }
     if let Some(r) = find(results, "clients-10k") {
-        let ratio = Summary::of(r.of(Source::Ebpf).filter_map(|e| {
-            let p = r.of(Source::Procfs).find(|p| p.round == e.round)?;
-            Some(p.total_share() / e.total_share())
-        }));
+        let ratio = ratio(r, RunFigures::total_share);
         let ebpf = of(r, Source::Ebpf, RunFigures::total_share);
         let procfs = of(r, Source::Procfs, RunFigures::total_share);
         let failed: u64 = r
