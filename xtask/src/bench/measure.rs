@@ -4,7 +4,11 @@
 //! The window is aligned on cycle ends (the collector thread's CPU clock stops moving),
 //! and the daemon gets no request inside it: the metrics it serves are read just before
 //! the start readings and just after the end readings, so the HTTP side costs nothing
-//! inside the window.
+//! inside the window. Except in the `clients-*` scenarios: there nomad-apm and the UI
+//! ([`super::clients`]) poll from the daemon's start to the window's end, the window
+//! starting half-way between two nomad-apm passes once the first pass is done, and what
+//! they cost the daemon (its HTTP threads, the detail their requests ask for) is in the
+//! window's figures.
 
 use std::{
     path::Path,
@@ -15,6 +19,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use super::{
+    clients::{ClientCounts, Clients},
     daemon::{Daemon, ProgramIds, Source},
     http,
     process::{self, BpfObject},
@@ -83,6 +88,16 @@ pub struct RunFigures {
     /// Prometheus scrapes after the window: daemon CPU per scrape outside the collector
     /// thread, and how far VmRSS stands above its value before them, 3 s after the last.
     pub scrape: Option<ScrapeCost>,
+    /// The clients' requests inside the window (`clients-*` scenarios).
+    pub clients: Option<ClientFigures>,
+}
+
+/// What Nomad's clients did inside a window.
+#[derive(Clone, Debug, Default)]
+pub struct ClientFigures {
+    pub counts: ClientCounts,
+    /// The first failed request of the window, if any.
+    pub first_error: Option<String>,
 }
 
 /// What `/v1/metrics?format=prometheus` costs the daemon.
@@ -235,7 +250,27 @@ pub fn bpf_stats_enabled() -> bool {
     std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
 }
 
-/// One daemon run against `scenario` with `source`.
+/// How long nomad-apm's first pass over every allocation may take (the daemon details
+/// each allocation on its first request).
+const FIRST_PASS_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The daemon's collector thread. It can still be unnamed (or not started) when the
+/// daemon first answers on a busy host: looked for during a few seconds.
+fn collector_thread(pid: u32) -> Result<u32> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(tid) = process::thread_named(pid, "collector") {
+            return Ok(tid);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("no `collector` thread");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One daemon run against `scenario` with `source`, Nomad's clients polling it when
+/// `with_clients`.
 pub fn run(
     binary: &Path,
     scenario: &Scenario,
@@ -243,9 +278,10 @@ pub fn run(
     round: usize,
     settings: &Settings,
     accuracy: bool,
+    with_clients: bool,
 ) -> Result<RunFigures> {
     let daemon = Daemon::start(binary, source, settings.interval)?;
-    let figures = measure(&daemon, scenario, round, settings, accuracy);
+    let figures = measure(&daemon, scenario, round, settings, accuracy, with_clients);
     let clean = daemon.stop();
     let mut figures = figures?;
     if !clean {
@@ -264,14 +300,30 @@ fn measure(
     round: usize,
     settings: &Settings,
     accuracy: bool,
+    with_clients: bool,
 ) -> Result<RunFigures> {
     let pid = daemon.pid();
-    let tid = process::thread_named(pid, "collector").context("no `collector` thread")?;
+    let tid = collector_thread(pid)?;
     let ids = daemon.program_ids();
     let interval = settings.interval;
-    // Warm-up counted on the collector thread, without requests (a metrics request
-    // renders every task's gauges: it would add to the daemon's heap and CPU).
+    let clients = if with_clients {
+        // Once the daemon knows the allocations: the first cycle has run.
+        wait_cycle_end(pid, tid, interval);
+        let clients = Clients::start(daemon.addr, scenario)?;
+        clients.wait_first_sweep(FIRST_PASS_TIMEOUT)?;
+        Some(clients)
+    } else {
+        None
+    };
+    // Warm-up counted on the collector thread, without requests of ours (a metrics
+    // request renders every task's gauges: it would add to the daemon's heap and CPU).
     for _ in 0..settings.warmup_cycles {
+        wait_cycle_end(pid, tid, interval);
+    }
+    if let Some(c) = &clients {
+        // Start on the first cycle end after a point half-way between two passes.
+        let at = c.between_passes();
+        thread::sleep(at.saturating_duration_since(Instant::now()));
         wait_cycle_end(pid, tid, interval);
     }
 
@@ -283,13 +335,34 @@ fn measure(
             m0.source
         );
     }
+    let c0 = clients.as_ref().map(|c| {
+        let before = c.counts();
+        let first = c.take_first_error();
+        if before.failed() > 0 {
+            eprintln!(
+                "warning: {} of {} client requests failed before the window (first: {})",
+                before.failed(),
+                before.requests(),
+                first.unwrap_or_default()
+            );
+        }
+        before
+    });
     let p0 = point(daemon, tid, ids)?;
     let stats_on_start = bpf_stats_enabled();
     thread::sleep(interval.mul_f64(settings.cycles as f64 - 0.5));
     wait_cycle_end(pid, tid, interval);
     let p1 = point(daemon, tid, ids)?;
+    let client_figures = clients.as_ref().zip(c0).map(|(c, c0)| ClientFigures {
+        counts: c.counts().since(&c0),
+        first_error: c.take_first_error(),
+    });
     let m1 = daemon.metrics()?;
     let (rss, hwm) = process::memory(pid)?;
+    // The scrapes below are measured with no other request.
+    if let Some(c) = clients {
+        c.stop();
+    }
     let objects = process::bpf_objects(pid);
     let memlock = |kind: &str| -> u64 {
         objects
@@ -326,6 +399,7 @@ fn measure(
         bpf_stats_on: stats_on_start && bpf_stats_enabled(),
         accuracy: None,
         scrape: None,
+        clients: client_figures,
     };
     if figures.cycles < 1.0 {
         anyhow::bail!("no cycle completed in the window");

@@ -4,13 +4,15 @@
 //!
 //! Modules: [`cleanup`] (teardown on every path), [`cgroups`] and [`workload`] (the
 //! scenarios), [`daemon`], [`process`] and [`http`] (the daemon and what /proc says of
-//! it), [`measure`] (one daemon run), [`kernel`] (bpf_stats, pipe slowdown), [`api`]
-//! (wrk against the daemon and a plain warp server; pidstat), [`report`] and [`plot`];
+//! it), [`measure`] (one daemon run), [`clients`] (nomad-apm and the UI polling a run's
+//! window), [`kernel`] (bpf_stats, pipe slowdown), [`api`] (wrk against the daemon and a
+//! plain warp server; pidstat), [`report`] and [`plot`];
 //! [`quick`]: `--quick`, the headline figures only, as a table on the terminal.
 
 pub(crate) mod api;
 pub(crate) mod cgroups;
 pub(crate) mod cleanup;
+mod clients;
 pub(crate) mod daemon;
 pub(crate) mod http;
 mod kernel;
@@ -44,11 +46,13 @@ use self::{
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// The headline figures only, in under 5 minutes, printed as a table (nothing is
-    /// written): eBPF against procfs at 1k and 10k processes, the sched_switch cost
-    /// against an empty program, daemon CPU and RSS. The other flags do not apply.
+    /// written): eBPF against procfs at 1k and 10k processes, and at 10k under nomad-apm
+    /// and the UI, the sched_switch cost against an empty program, daemon CPU and RSS.
+    /// The other flags do not apply.
     #[arg(long)]
     pub quick: bool,
-    /// Scenarios, comma-separated: 100, 1k, 10k, 10k-idle, pipe, churn [default: all].
+    /// Scenarios, comma-separated: 100, 1k, 10k, 10k-idle, pipe, churn, clients-1k,
+    /// clients-10k [default: all].
     #[arg(long, value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// Runs per source and scenario, the sources alternated [default: 5].
@@ -163,13 +167,13 @@ pub(crate) fn progress_printer(started: Instant) -> impl Fn(&str) {
 
 fn pick_scenarios(args: &BenchArgs) -> Result<Vec<Spec>> {
     if args.scenarios.is_empty() {
-        return Ok(workload::ALL.to_vec());
+        return Ok(workload::every().collect());
     }
     args.scenarios
         .iter()
         .map(|k| {
             workload::find(k.trim()).with_context(|| {
-                let keys: Vec<&str> = workload::ALL.iter().map(|s| s.key).collect();
+                let keys: Vec<&str> = workload::every().map(|s| s.key).collect();
                 format!("unknown scenario `{k}`; known: {}", keys.join(", "))
             })
         })
@@ -349,9 +353,10 @@ pub(crate) fn run_scenario(
     {
         let _stats = kernel::BpfStats::set(true)?;
         // The detailed eBPF arm (every allocation's processes every interval) only where
-        // there are many: it is the comparison that shows what the default saves.
+        // there are many and nobody asks: it is the comparison that shows what the
+        // default saves (under the clients, every allocation is detailed anyway).
         let mut sources = vec![Source::Ebpf, Source::Procfs];
-        if plan.detailed_arm && matches!(spec.load, Load::Sleepers { .. }) {
+        if plan.detailed_arm && spec.is_quiet_sleepers() {
             sources.push(Source::EbpfDetailed);
         }
         for round in 0..plan.runs {
@@ -366,6 +371,7 @@ pub(crate) fn run_scenario(
                     round,
                     &plan.settings,
                     accuracy,
+                    spec.clients(),
                 )
                 .with_context(|| {
                     format!("{} run {}, source {}", spec.key, round + 1, source.as_str())
@@ -390,13 +396,26 @@ pub(crate) fn run_scenario(
                 if let Some(a) = f.accuracy {
                     line += &format!(", reports {:.1}% of cpuacct", a.percent());
                 }
+                if let Some(c) = &f.clients {
+                    line += &format!(
+                        ", {} requests ({} nomad-apm, passes: {}; {} UI), {} failed",
+                        c.counts.requests(),
+                        c.counts.apm.requests,
+                        c.counts.apm_sweeps,
+                        c.counts.ui.requests,
+                        c.counts.failed()
+                    );
+                    if let Some(e) = &c.first_error {
+                        line += &format!(" (first: {e})");
+                    }
+                }
                 progress(&line);
                 runs.push(f);
             }
         }
     }
     let mut pidstat_ns = Vec::new();
-    if matches!(spec.load, Load::Sleepers { .. }) {
+    if spec.is_quiet_sleepers() {
         for i in 0..plan.pidstat_runs {
             let ns = api::pidstat_cpu_per_interval(plan.pidstat_intervals)?;
             progress(&format!(

@@ -2,9 +2,10 @@
 //! a table on the terminal, for a user checking the claims on their own host. The same
 //! scenarios, daemon runs and pipe slowdown as the full run ([`super::run_scenario`]),
 //! fewer of them: `1k` and `10k` (eBPF and procfs arms, no `--detail-all` arm, no
-//! pidstat, no API load) and `pipe` (the sched_switch program's run time per event under
-//! bpf_stats, then the pinned pipe with nothing / an empty program / the eBPF daemon).
-//! Nothing is written: BENCHMARKS.md stays the full run's.
+//! pidstat, no API load), `clients-10k` (the same arms under nomad-apm and the UI, a
+//! window of one nomad-apm period) and `pipe` (the sched_switch program's run time per
+//! event under bpf_stats, then the pinned pipe with nothing / an empty program / the
+//! eBPF daemon). Nothing is written: BENCHMARKS.md stays the full run's.
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,11 @@ use super::{
 };
 use crate::shell::announce;
 
-const SCENARIOS: [&str; 3] = ["1k", "10k", "pipe"];
+const SCENARIOS: [&str; 4] = ["1k", "10k", "clients-10k", "pipe"];
+
+/// Cycles of a `clients-*` window: one nomad-apm period at a 1 s interval, so that every
+/// window holds one pass over the allocations.
+const CLIENT_CYCLES: u64 = 10;
 
 fn plan() -> Plan {
     Plan {
@@ -65,6 +70,10 @@ pub fn run() -> Result<()> {
             spec.title,
             spec.key
         ));
+        let mut plan = plan.clone();
+        if spec.clients() {
+            plan.settings.cycles = CLIENT_CYCLES;
+        }
         results.push(run_scenario(
             spec, &plan, &daemon, &helper, &plain, &progress,
         )?);
@@ -80,9 +89,10 @@ pub fn run() -> Result<()> {
     println!();
     print!("{}", render(&rows));
     println!(
-        "\n{} run(s) per arm of {} cycles at a {} s interval; kernel.bpf_stats_enabled=1 for \
-         the per-event figure only. Measured in {:.1} min. The full run (`cargo xtask \
-         bench`, about 40 minutes) writes BENCHMARKS.md.",
+        "\n{} run(s) per arm of {} cycles ({CLIENT_CYCLES} under the clients) at a {} s \
+         interval; kernel.bpf_stats_enabled=1 for the per-event figure only. Measured in \
+         {:.1} min. The full run (`cargo xtask bench`, about 50 minutes) writes \
+         BENCHMARKS.md.",
         plan.runs,
         plan.settings.cycles,
         plan.settings.interval.as_secs(),
@@ -106,11 +116,11 @@ fn of(r: &ScenarioResult, source: Source, f: impl Fn(&RunFigures) -> f64) -> Opt
     Summary::of(r.of(source).map(f))
 }
 
-/// procfs ÷ eBPF CPU per cycle, one ratio per round (both arms ran in it).
-fn ratio(r: &ScenarioResult) -> Option<Summary> {
+/// procfs ÷ eBPF of `f`, one ratio per round (both arms ran in it).
+fn ratio(r: &ScenarioResult, f: fn(&RunFigures) -> f64) -> Option<Summary> {
     Summary::of(r.of(Source::Ebpf).filter_map(|e| {
         let p = r.of(Source::Procfs).find(|p| p.round == e.round)?;
-        Some(p.ms_per_cycle() / e.ms_per_cycle())
+        Some(f(p) / f(e))
     }))
 }
 
@@ -125,7 +135,7 @@ fn rows(results: &[ScenarioResult]) -> Vec<Row> {
         let Some(r) = find(results, key) else {
             continue;
         };
-        let ratio = ratio(r);
+        let ratio = ratio(r, RunFigures::ms_per_cycle);
         rows.push(Row {
             figure: format!("cycle cost, procfs ÷ eBPF, {}", r.spec.title),
             measured: match (
@@ -199,6 +209,32 @@ fn rows(results: &[ScenarioResult]) -> Vec<Row> {
             met: cpu
                 .zip(growth)
                 .map(|(c, g)| c.median <= 10e6 && g.median <= 2.0 * 1048576.0),
+        });
+    }
+    if let Some(r) = find(results, "clients-10k") {
+        let ratio = ratio(r, RunFigures::total_share);
+        let ebpf = of(r, Source::Ebpf, RunFigures::total_share);
+        let procfs = of(r, Source::Procfs, RunFigures::total_share);
+        let failed: u64 = r
+            .runs
+            .iter()
+            .filter_map(|f| Some(f.clients.as_ref()?.counts.failed()))
+            .sum();
+        rows.push(Row {
+            figure: "daemon CPU under nomad-apm + UI, procfs ÷ eBPF, clients-10k".into(),
+            measured: match (ratio, ebpf, procfs) {
+                (Some(x), Some(e), Some(p)) => format!(
+                    "{}: eBPF {}%, procfs {}% of one core; {failed} failed requests",
+                    x.show(|v| format!("{}×", sig(v))),
+                    sig(e.median),
+                    sig(p.median)
+                ),
+                _ => "–".into(),
+            },
+            target: "≥ 20×; ≤ 0.5%",
+            met: ratio
+                .zip(ebpf)
+                .map(|(x, e)| x.median >= 20.0 && e.median <= 0.5 && failed == 0),
         });
     }
     if let Some(r) = find(results, "pipe") {

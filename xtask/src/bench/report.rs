@@ -18,7 +18,6 @@ use super::{
     measure::RunFigures,
     plot,
     stats::{sig, Summary},
-    workload::Load,
     Plan, ScenarioResult,
 };
 use crate::shell::output;
@@ -169,11 +168,11 @@ fn targets(report: &Report) -> Vec<Target> {
         met: ratio.map(|s| s.median >= 20.0),
     });
 
-    // Total CPU at every process-count scale measured (eBPF).
+    // Total CPU at every process-count scale measured (eBPF), nobody asking.
     let shares: Vec<(&str, Summary)> = report
         .results
         .iter()
-        .filter(|r| matches!(r.spec.load, Load::Sleepers { .. }))
+        .filter(|r| r.spec.is_quiet_sleepers())
         .filter_map(|r| {
             let s = summary(r.of(Source::Ebpf), RunFigures::total_share)?;
             Some((r.spec.key, s))
@@ -284,7 +283,51 @@ fn targets(report: &Report) -> Vec<Target> {
         }),
         met: rss.map(|s| s.median < 32.0 * 1048576.0),
     });
+    out.extend(client_targets(report));
     out
+}
+
+/// Issue 13's targets under Nomad's clients, at 10,000 processes.
+fn client_targets(report: &Report) -> Vec<Target> {
+    let Some(r) = report.results.iter().find(|r| r.spec.key == "clients-10k") else {
+        return Vec::new();
+    };
+    let ratio = round_ratios(r, Source::Procfs, Source::Ebpf, RunFigures::total_share);
+    let total = summary(r.of(Source::Ebpf), RunFigures::total_share);
+    let rss = summary(r.of(Source::Ebpf), |f| f.rss_bytes as f64);
+    let hwm = summary(r.of(Source::Ebpf), |f| f.hwm_bytes as f64);
+    let limit = 32.0 * 1048576.0;
+    vec![
+        Target {
+            what: "daemon CPU (user + system + BPF) under Nomad's clients (`clients-10k`): \
+                   ≥ 20× less than procfs, and ≤ 0.5% of one core",
+            measured: match (ratio, total) {
+                (Some(x), Some(t)) => format!(
+                    "{} less (median of per-round procfs ÷ eBPF totals); eBPF {} of one core",
+                    times(Some(x)),
+                    t.show(|v| format!("{v:.2}%"))
+                ),
+                _ => "–".into(),
+            },
+            met: ratio
+                .zip(total)
+                .map(|(x, t)| x.median >= 20.0 && t.median <= 0.5),
+        },
+        Target {
+            what: "daemon VmRSS and peak VmHWM < 32 MiB under Nomad's clients (`clients-10k`)",
+            measured: match (rss, hwm) {
+                (Some(r), Some(h)) => format!(
+                    "VmRSS {} MiB at the end of the window; VmHWM {} MiB (eBPF source)",
+                    r.show(mib),
+                    h.show(mib)
+                ),
+                _ => "–".into(),
+            },
+            met: rss
+                .zip(hwm)
+                .map(|(r, h)| r.median < limit && h.median < limit),
+        },
+    ]
 }
 
 /// Daemon ÷ plain warp requests/s in %, one ratio per round (the two ran back to back).
@@ -349,7 +392,8 @@ pub fn render(report: &Report) -> String {
          allocation). Scale scenarios: 10 processes per task; one of them wakes every second, \
          nine `pause()` (`10k-idle`: all ten pause). `pipe`: `perf bench sched pipe` in one \
          task. `churn`: a parent in one task forking children that each burn 10 ms of CPU and \
-         exit, 10 ms apart."
+         exit, 10 ms apart. `clients-1k`, `clients-10k`: the `1k` and `10k` loads with \
+         nomad-apm and the Nomad UI polling the daemon (section 8)."
     );
     let _ = writeln!(
         w,
@@ -393,6 +437,7 @@ pub fn render(report: &Report) -> String {
     accuracy_table(report, w);
     api_table(report, w);
     pidstat_table(report, w);
+    clients_table(report, w);
     s
 }
 
@@ -403,8 +448,8 @@ fn cost_tables(report: &Report, w: &mut String) {
         "The daemon process's CPU time (all threads; the exact scheduler runtime from its \
          process CPU clock, of which `/proc/<pid>/stat` utime+stime is the tick-rounded \
          split) over the measured window ÷ cycles completed in it. The window starts and \
-         ends on cycle boundaries and the daemon serves no request inside it, so the eBPF \
-         arm collects no allocation's processes (nobody asked) and re-reads each task's \
+         ends on cycle boundaries and the daemon serves no request inside it (except in the \
+         `clients-*` scenarios, section 8), so the eBPF arm collects no allocation's processes (nobody asked) and re-reads each task's \
          cgroup files every 10 s; the `--detail-all` arm reads every allocation's processes \
          (through the per-process task iterator, inside the daemon's `read(2)`: its system \
          time) and cgroup files every interval, as Nomad's method does. Ratios: procfs ÷ the \
@@ -818,6 +863,102 @@ fn pidstat_table(report: &Report, w: &mut String) {
     let _ = writeln!(w);
 }
 
+fn clients_table(report: &Report, w: &mut String) {
+    let rows: Vec<&ScenarioResult> = report
+        .results
+        .iter()
+        .filter(|r| r.runs.iter().any(|f| f.clients.is_some()))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "## 8. Under Nomad's clients
+"
+    );
+    let _ = writeln!(
+        w,
+        "The `clients-*` scenarios: the `1k` and `10k` loads, with the two clients of the \
+         stats endpoint that real Nomad deployments run polling the daemon from its start \
+         (xtask/src/bench/clients.rs): nomad-apm, which asks for every allocation, one \
+         `GET /v1/client/allocation/<ID>/stats` after another, every {} s, and reads \
+         `CpuStats.Percent`, `CpuStats.TotalTicks` and `MemoryStats.Usage`; and the Nomad \
+         UI, which asks for one allocation {} s after each answer and reads `TotalTicks` and \
+         `RSS`/`Usage` of the allocation and of each task. They run on threads of the \
+         benchmark over loopback (their CPU is not the daemon's); each request is a new \
+         connection. The window starts after nomad-apm's first pass and the warm-up, on the \
+         first cycle end half-way between two passes, so that a {}-cycle window holds the \
+         same number of passes in every run. Daemon CPU in % of one core over the window: \
+         user + system of every thread (the HTTP threads and the detail the requests ask \
+         for included), plus the sched_switch and checkpoint run time (eBPF arm); procfs ÷ \
+         eBPF of those totals, per round. VmRSS at the end of the window, VmHWM the peak \
+         since start (start-up and first answers included). Requests in the window, median \
+         per run; failed: answers that were not 200 or lacked a field their client reads, \
+         all runs.\n",
+        super::clients::APM_EVERY.as_secs(),
+        super::clients::UI_EVERY.as_secs(),
+        report.plan.settings.cycles,
+    );
+    let _ = writeln!(
+        w,
+        "| Scenario | arm | user + system % | BPF % | total % | procfs ÷ eBPF (total) | VmRSS MiB | VmHWM MiB | requests per window: nomad-apm / UI | failed of all requests (all runs) |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|---|---|---|---|---|");
+    let pct = |x: f64| format!("{x:.3}");
+    for r in rows {
+        for src in arms(r) {
+            let counts = || {
+                r.of(src)
+                    .filter_map(|f| f.clients.as_ref().map(|c| c.counts))
+            };
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} of {} |",
+                scenario_label(r),
+                src.as_str(),
+                show(summary(r.of(src), RunFigures::process_share), pct),
+                if src.is_ebpf() {
+                    show(summary(r.of(src), RunFigures::bpf_share), pct)
+                } else {
+                    "–".to_owned()
+                },
+                show(summary(r.of(src), RunFigures::total_share), pct),
+                if src.is_ebpf() {
+                    times(round_ratios(
+                        r,
+                        Source::Procfs,
+                        src,
+                        RunFigures::total_share,
+                    ))
+                } else {
+                    "–".to_owned()
+                },
+                show(summary(r.of(src), |f| f.rss_bytes as f64), mib),
+                show(summary(r.of(src), |f| f.hwm_bytes as f64), mib),
+                show(Summary::of(counts().map(|c| c.apm.requests as f64)), |x| {
+                    format!("{x:.0}")
+                }),
+                show(Summary::of(counts().map(|c| c.ui.requests as f64)), |x| {
+                    format!("{x:.0}")
+                }),
+                counts().map(|c| c.failed()).sum::<u64>(),
+                counts().map(|c| c.requests()).sum::<u64>(),
+            );
+        }
+    }
+    let errors: Vec<String> = report
+        .results
+        .iter()
+        .flat_map(|r| r.runs.iter())
+        .filter_map(|f| f.clients.as_ref()?.first_error.clone())
+        .collect();
+    if let Some(e) = errors.first() {
+        let _ = writeln!(w, "\nFirst failed request: `{e}`.");
+    }
+    let _ = writeln!(w);
+}
+
 /// The chart's points: (processes, median, min, max) ms/cycle per source, for the
 /// scale scenarios and (separately) the idle-task variant.
 fn chart_points(report: &Report, idle: bool) -> Vec<(Source, plot::Points)> {
@@ -827,7 +968,7 @@ fn chart_points(report: &Report, idle: bool) -> Vec<(Source, plot::Points)> {
             let mut pts: plot::Points = report
                 .results
                 .iter()
-                .filter(|r| matches!(r.spec.load, Load::Sleepers { .. }))
+                .filter(|r| r.spec.is_quiet_sleepers())
                 .filter(|r| r.spec.is_scale() != idle)
                 .filter_map(|r| {
                     let s = summary(r.of(src), RunFigures::ms_per_cycle)?;
@@ -877,6 +1018,14 @@ fn raw_results(report: &Report) -> serde_json::Value {
                         "accuracy": f.accuracy.map(|a| json!({
                             "reported_ns": a.reported_ns,
                             "cpuacct_ns": a.true_ns,
+                        })),
+                        "clients": f.clients.as_ref().map(|c| json!({
+                            "apm_requests": c.counts.apm.requests,
+                            "apm_failed": c.counts.apm.failed,
+                            "apm_passes": c.counts.apm_sweeps,
+                            "ui_requests": c.counts.ui.requests,
+                            "ui_failed": c.counts.ui.failed,
+                            "first_error": c.first_error,
                         })),
                     })
                 })

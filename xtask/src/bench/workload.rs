@@ -7,6 +7,8 @@
 //! * `pipe`: `perf bench sched pipe` in one task (context-switch heavy).
 //! * `churn`: in one task, a parent starting children that each burn 10 ms of CPU and
 //!   exit (10 ms pause between children).
+//! * `clients-1k`, `clients-10k`: the `1k` and `10k` loads, with nomad-apm and the Nomad
+//!   UI polling the daemon during each measured window ([`super::clients`]).
 
 use std::{
     ffi::CString,
@@ -65,7 +67,19 @@ impl Spec {
 
     /// Whether this is one of the process-count scales (chart, pidstat).
     pub fn is_scale(&self) -> bool {
-        matches!(self.load, Load::Sleepers { tickers, .. } if tickers > 0)
+        matches!(self.load, Load::Sleepers { tickers, .. } if tickers > 0) && !self.clients()
+    }
+
+    /// Whether Nomad's clients poll the daemon during the measured windows (one of
+    /// [`WITH_CLIENTS`]).
+    pub fn clients(&self) -> bool {
+        WITH_CLIENTS.iter().any(|s| s.key == self.key)
+    }
+
+    /// One of the sleeper loads, no client asking: the scenarios of the no-request
+    /// figures (the CPU target, the `--detail-all` arm, pidstat, the chart).
+    pub fn is_quiet_sleepers(&self) -> bool {
+        matches!(self.load, Load::Sleepers { .. }) && !self.clients()
     }
 }
 
@@ -121,8 +135,35 @@ pub const ALL: [Spec; 6] = [
     },
 ];
 
+/// The `1k` and `10k` loads again, polled by Nomad's clients during the windows.
+pub const WITH_CLIENTS: [Spec; 2] = [
+    Spec {
+        key: "clients-1k",
+        title: "1,000 processes / 100 tasks, polled by nomad-apm and the UI",
+        load: Load::Sleepers {
+            tasks: 100,
+            per_task: 10,
+            tickers: 1,
+        },
+    },
+    Spec {
+        key: "clients-10k",
+        title: "10,000 processes / 1,000 tasks, polled by nomad-apm and the UI",
+        load: Load::Sleepers {
+            tasks: 1000,
+            per_task: 10,
+            tickers: 1,
+        },
+    },
+];
+
+/// Every scenario, in the full run's order.
+pub fn every() -> impl Iterator<Item = Spec> {
+    ALL.into_iter().chain(WITH_CLIENTS)
+}
+
 pub fn find(key: &str) -> Option<Spec> {
-    ALL.iter().copied().find(|s| s.key == key)
+    every().find(|s| s.key == key)
 }
 
 /// A scenario set up on the host. Dropping it kills its processes, then removes its
