@@ -1,6 +1,11 @@
 //! The task iterator's body: one [`ThreadSample`] per thread of a tracked cgroup, over
 //! every task on the host in one pass. Threads of other cgroups (and kernel threads)
 //! are skipped in the kernel, so the daemon reads only the records it uses.
+//!
+//! Which tracked cgroup a thread is in comes from the attribution the context-switch
+//! program cached in its state when that is still valid (same `css_set`, current
+//! generation): one storage lookup instead of the walk to the cgroup's id and a hash
+//! lookup. The walk is the fallback, for threads that have not switched since.
 
 use core::ffi::c_void;
 
@@ -8,15 +13,33 @@ use aya_ebpf::helpers::generated::bpf_seq_write;
 use collector_common::{sample_flags, stat, ThreadSample, NO_SLOT, PF_KTHREAD};
 
 use crate::{
+    account::ThreadStore,
     kernel::{Direct, Task},
-    maps::{count, tracked_cgroup},
+    maps::{count, generation, tracked_cgroup},
 };
+
+/// The tracked cgroup's slot of `task`, or [`NO_SLOT`].
+#[inline(always)]
+fn slot_of<S: ThreadStore<Direct>>(task: Task<Direct>) -> u32 {
+    let state = S::peek(task);
+    if !state.is_null() {
+        // SAFETY: a non-null state is the thread's, valid while the program runs; its
+        // owner may be rewriting it on another CPU, but each field is an aligned word
+        // and a rewrite stores the attribution of the same css_set and generation.
+        let (generation_then, css_set, slot) =
+            unsafe { ((*state).generation, (*state).css_set, (*state).slot) };
+        if generation_then == generation() && css_set == task.css_set() {
+            return slot;
+        }
+    }
+    tracked_cgroup(task).slot
+}
 
 /// # Safety
 /// `ctx` must be the `struct bpf_iter__task *` the kernel passes to an `iter/task`
 /// program.
 #[inline(always)]
-pub unsafe fn try_tracked_threads(ctx: *mut c_void) {
+pub unsafe fn try_tracked_threads<S: ThreadStore<Direct>>(ctx: *mut c_void) {
     // struct bpf_iter__task { struct bpf_iter_meta *meta; struct task_struct *task; }
     let ctx = ctx as *const *const u8;
     // SAFETY: ctx is a bpf_iter__task (the caller's contract): its first field.
@@ -31,8 +54,8 @@ pub unsafe fn try_tracked_threads(ctx: *mut c_void) {
     if task.flags() & PF_KTHREAD != 0 {
         return;
     }
-    let tracked = tracked_cgroup(task);
-    if tracked.slot == NO_SLOT {
+    let slot = slot_of::<S>(task);
+    if slot == NO_SLOT {
         return;
     }
     let now = task.cpu_times();
@@ -45,7 +68,7 @@ pub unsafe fn try_tracked_threads(ctx: *mut c_void) {
         user_ns: now.user,
         system_ns: now.system,
         start_ns: task.start_time(),
-        slot: tracked.slot,
+        slot,
         ..ThreadSample::default()
     };
     if tid == tgid {

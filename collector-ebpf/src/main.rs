@@ -16,7 +16,8 @@
 //!   the leader), so every allocation's per-process figures need no /proc reads.
 //! * `sched_switch_empty` is only for measuring the tracepoint's own cost.
 //!
-//! The last two are the same in both builds (`programs.rs`).
+//! `sched_switch_empty` is the same in both builds (`programs.rs`); the iterator differs only
+//! in where it finds a thread's cached attribution.
 //!
 //! The daemon loads each program on its own: one the kernel rejects turns off only what
 //! needs it.
@@ -60,5 +61,15 @@ pub fn checkpoint(ctx: RawTracePointContext) -> i32 {
     // SAFETY: bpf_get_current_task_btf returns the running task as a BTF pointer.
     let current = unsafe { Task::<Direct>::new(bpf_get_current_task_btf().cast()) };
     account::<Direct, TaskStore, _>(&ctx, current, false);
+    0
+}
+
+/// Task iterator (`iter/task`) over every task on the host, read by the daemon once per
+/// interval: one record per thread of a tracked cgroup.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task")]
+fn tracked_threads(ctx: *mut core::ffi::c_void) -> i32 {
+    // SAFETY: the kernel calls an iter/task program with its bpf_iter__task context.
+    unsafe { iter::try_tracked_threads::<TaskStore>(ctx) };
     0
 }

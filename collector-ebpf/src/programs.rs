@@ -1,27 +1,13 @@
-//! The programs both builds share unchanged (see `main.rs` and `thread_hash.rs` for the
+//! The program both builds share unchanged (see `main.rs` and `thread_hash.rs` for the
 //! ones that differ by kernel), and the object's panic handler and licence.
 
-use core::ffi::c_void;
-
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-
-use crate::iter;
 
 /// Does nothing. Attached alone by `nomad-collector --empty-probe`, so that the benchmark
 /// can measure what the sched_switch tracepoint itself costs with a program attached: the
 /// floor under any program here.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch_empty(_ctx: BtfTracePointContext) -> i32 {
-    0
-}
-
-/// Task iterator (`iter/task`) over every task on the host, read by the daemon once per
-/// interval: one record per thread of a tracked cgroup.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "iter/task")]
-fn tracked_threads(ctx: *mut c_void) -> i32 {
-    // SAFETY: the kernel calls an iter/task program with its bpf_iter__task context.
-    unsafe { iter::try_tracked_threads(ctx) };
     0
 }
 

@@ -110,27 +110,39 @@ pub struct EbpfSource {
 struct SlotProcesses {
     slots: Vec<u32>,
     processes: Vec<ProcessSample>,
+    /// Reused sort keys: ((slot << 32) | tgid, index of the thread record).
+    keys: Vec<(u64, usize)>,
 }
 
 impl SlotProcesses {
     /// Folds one pass's thread records into processes: the threads of one process in
     /// one cgroup become one sample (a process whose threads sit in two cgroups, as
     /// cgroup v2's threaded mode allows, gets one sample in each).
-    fn fold(&mut self, threads: &mut [ThreadSample], page_size: u64) {
+    fn fold(&mut self, threads: &[ThreadSample], page_size: u64) {
         self.slots.clear();
         self.processes.clear();
-        threads.sort_unstable_by_key(|t| (t.slot, t.tgid));
-        for group in threads.chunk_by(|a, b| (a.slot, a.tgid) == (b.slot, b.tgid)) {
+        // Sorted as (slot, tgid) keys with the record's index, not as 88-byte records.
+        let keys = &mut self.keys;
+        keys.clear();
+        keys.extend(
+            threads
+                .iter()
+                .enumerate()
+                .map(|(i, t)| ((u64::from(t.slot) << 32) | u64::from(t.tgid), i)),
+        );
+        keys.sort_unstable();
+        for group in keys.chunk_by(|a, b| a.0 == b.0) {
+            let first = &threads[group[0].1];
             let mut process = ProcessSample {
-                pid: group[0].tgid,
+                pid: first.tgid,
                 // Without the leader in this cgroup, the oldest thread tells a reused PID.
-                start: group.iter().map(|t| t.start_ns).min().unwrap_or(0),
+                start: group.iter().map(|&(_, i)| threads[i].start_ns).min().unwrap_or(0),
                 ..ProcessSample::default()
             };
-            for thread in group {
-                fold_thread(&mut process, thread, page_size);
+            for &(_, i) in group {
+                fold_thread(&mut process, &threads[i], page_size);
             }
-            self.slots.push(group[0].slot);
+            self.slots.push(first.slot);
             self.processes.push(process);
         }
     }
@@ -380,7 +392,7 @@ impl EbpfSource {
         if result.is_err() {
             self.samples.clear();
         }
-        self.processes.fold(&mut self.samples, self.page_size);
+        self.processes.fold(&self.samples, self.page_size);
         result
     }
 
@@ -459,7 +471,7 @@ mod tests {
             flags: if tid == tgid { sample_flags::LEADER } else { 0 },
             ..ThreadSample::default()
         };
-        let mut threads = vec![
+        let threads = vec![
             thread(2, 30, 31, 5),
             thread(0, 10, 10, 1),
             thread(2, 30, 30, 7),
@@ -467,7 +479,7 @@ mod tests {
             thread(1, 30, 32, 100),
         ];
         let mut table = SlotProcesses::default();
-        table.fold(&mut threads, 4096);
+        table.fold(&threads, 4096);
         let pids = |slot| {
             table
                 .in_slot(slot)

@@ -219,6 +219,9 @@ impl Sources<'_> {
                         Err(e) => debug!(pid, error = %e, "reading a process"),
                     }
                 }
+                // Listed from cgroups they are; configured ones need not be.
+                samples.sort_unstable_by_key(|p| p.pid);
+                samples.dedup_by_key(|p| p.pid);
             }
         }
         self.scratch.sampled += samples.len() as u64;
@@ -646,24 +649,31 @@ fn task_cpu(
 }
 
 /// Per-PID rates: each process against its previous reading (same PID and start).
+/// `processes` are sorted by PID, as are the task's readings, which they replace: one
+/// merge, no hashing, whatever the number of processes.
 fn pid_rates(
     task: &mut TaskEntry,
     processes: Vec<ProcessSample>,
     at: Instant,
 ) -> Vec<(ProcessSample, CpuRates)> {
-    let live: HashSet<u32> = processes.iter().map(|p| p.pid).collect();
-    task.pids.retain(|pid, _| live.contains(pid));
-    processes
+    debug_assert!(processes.is_sorted_by_key(|p| p.pid));
+    let mut previous = std::mem::take(&mut task.pids).into_iter().peekable();
+    let mut readings = Vec::with_capacity(processes.len());
+    let rated = processes
         .into_iter()
         .map(|p| {
-            let rates = task
-                .pids
-                .entry(p.pid)
-                .or_default()
-                .update(p.start, p.cpu, at);
+            while previous.next_if(|(pid, _)| *pid < p.pid).is_some() {}
+            let mut track = previous
+                .next_if(|(pid, _)| *pid == p.pid)
+                .map(|(_, track)| track)
+                .unwrap_or_default();
+            let rates = track.update(p.start, p.cpu, at);
+            readings.push((p.pid, track));
             (p, rates)
         })
-        .collect()
+        .collect();
+    task.pids = readings;
+    rated
 }
 
 fn read_process_memory(procs: &mut ProcReader, pid: u32) -> Option<sample::ProcessMemory> {

@@ -61,7 +61,8 @@ pub struct TaskEntry {
     /// CLOCK_MONOTONIC ns from which the kernel counts this task's threads' time.
     pub since_ns: u64,
     pub cpu: CounterTrack,
-    pub pids: HashMap<u32, CounterTrack>,
+    /// Each process's last reading, by PID (sorted): the next interval's rates.
+    pub pids: Vec<(u32, CounterTrack)>,
     pub memory: Option<MemoryFigures>,
     pub throttling: ThrottleFigures,
     pub cgroups_read_at: Option<Instant>,
@@ -104,7 +105,7 @@ impl TaskEntry {
             attribution_checked: 0,
             since_ns,
             cpu: CounterTrack::default(),
-            pids: HashMap::new(),
+            pids: Vec::new(),
             memory: None,
             throttling: ThrottleFigures::default(),
             cgroups_read_at: None,
