@@ -249,8 +249,8 @@ impl Clients {
             .take()
     }
 
-    /// Waits until nomad-apm has been through every allocation once (the daemon's first
-    /// answers for an allocation it does not detail yet cost more than the later ones).
+    /// Waits until nomad-apm has been through every allocation once (the windows start
+    /// after it, so that start-up and first answers stay out of them).
     pub fn wait_first_sweep(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         while self.shared.apm_sweeps.load(Ordering::SeqCst) == 0 {

@@ -1,6 +1,5 @@
 //! The daemon under test, started as an operator would: `--source <s> --no-pin
-//! --interval <i> --listen 127.0.0.1:<free port>` (plus `--detail-all` for the detailed
-//! eBPF arm), its log kept in a file.
+//! --interval <i> --listen 127.0.0.1:<free port>`, its log kept in a file.
 
 use std::{
     collections::HashMap,
@@ -19,14 +18,12 @@ use super::{http, process::ChildGuard};
 /// How the daemon under test collects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Source {
-    /// eBPF, as deployed: per-process figures only for allocations someone asks about
-    /// (no one does inside a measured window), other cgroup files every 10 s.
+    /// eBPF, as deployed: every allocation in full (every process through the
+    /// per-process task iterator, and the cgroup memory and throttling files) every
+    /// interval, the same work as Nomad's method done the eBPF way.
     Ebpf,
     /// Nomad's method: every process of every task from /proc, every interval.
     Procfs,
-    /// eBPF with `--detail-all`: every allocation's processes and cgroup files every
-    /// interval, the same work as Nomad's method done the eBPF way.
-    EbpfDetailed,
 }
 
 impl Source {
@@ -35,14 +32,13 @@ impl Source {
         match self {
             Source::Ebpf => "ebpf",
             Source::Procfs => "procfs",
-            Source::EbpfDetailed => "ebpf-detail-all",
         }
     }
 
     /// What the daemon's `nomad_collector_source` gauge says for this arm.
     pub fn reported(self) -> &'static str {
         match self {
-            Source::Ebpf | Source::EbpfDetailed => "ebpf",
+            Source::Ebpf => "ebpf",
             Source::Procfs => "procfs",
         }
     }
@@ -51,12 +47,11 @@ impl Source {
         match self {
             Source::Ebpf => &["--source", "ebpf"],
             Source::Procfs => &["--source", "procfs"],
-            Source::EbpfDetailed => &["--source", "ebpf", "--detail-all"],
         }
     }
 
     pub fn is_ebpf(self) -> bool {
-        self != Source::Procfs
+        self == Source::Ebpf
     }
 }
 

@@ -7,8 +7,7 @@
 //! inside the window. Except in the `clients-*` scenarios: there nomad-apm and the UI
 //! ([`super::clients`]) poll from the daemon's start to the window's end, the window
 //! starting half-way between two nomad-apm passes once the first pass is done, and what
-//! they cost the daemon (its HTTP threads, the detail their requests ask for) is in the
-//! window's figures.
+//! they cost the daemon (its HTTP threads) is in the window's figures.
 
 use std::{
     path::Path,
@@ -64,10 +63,10 @@ pub struct RunFigures {
     pub cycle_cpu_metric_s: Vec<f64>,
     /// `nomad_collector_cycle_seconds` at the window's start and end.
     pub cycle_wall_metric_s: Vec<f64>,
-    /// Processes sampled one by one, and allocations collected in detail, in the last
-    /// cycle of the window.
+    /// Processes sampled one by one in the last cycle of the window.
     pub processes_sampled: f64,
-    pub detailed_allocations: f64,
+    /// cgroup control files the daemon holds open at the window's end.
+    pub control_files_open: f64,
     /// sched_switch program: run time and runs over the window (bpf_stats on).
     pub switch_run_ns: f64,
     pub switch_runs: f64,
@@ -250,8 +249,7 @@ pub fn bpf_stats_enabled() -> bool {
     std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1")
 }
 
-/// How long nomad-apm's first pass over every allocation may take (the daemon details
-/// each allocation on its first request).
+/// How long nomad-apm's first pass over every allocation may take.
 const FIRST_PASS_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The daemon's collector thread. It can still be unnamed (or not started) when the
@@ -384,7 +382,7 @@ fn measure(
         cycle_cpu_metric_s: vec![m0.get("cycle_cpu_seconds"), m1.get("cycle_cpu_seconds")],
         cycle_wall_metric_s: vec![m0.get("cycle_seconds"), m1.get("cycle_seconds")],
         processes_sampled: m1.get("processes_sampled"),
-        detailed_allocations: m1.get("detailed_allocations"),
+        control_files_open: m1.get("control_files_open"),
         switch_run_ns: delta(p0.switch.0, p1.switch.0),
         switch_runs: delta(p0.switch.1, p1.switch.1),
         checkpoint_run_ns: delta(p0.checkpoint.0, p1.checkpoint.0),

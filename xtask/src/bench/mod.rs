@@ -76,8 +76,6 @@ pub struct BenchArgs {
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub runs: usize,
-    /// Whether the scale scenarios also run the `--detail-all` eBPF arm.
-    pub detailed_arm: bool,
     pub settings: Settings,
     pub pipe_rounds: usize,
     pub pipe_loops: u64,
@@ -240,7 +238,6 @@ fn run_all(args: BenchArgs) -> Result<()> {
     let specs = pick_scenarios(&args)?;
     let plan = Plan {
         runs: args.runs.unwrap_or(5).max(1),
-        detailed_arm: true,
         settings: Settings {
             interval: Duration::from_secs(1),
             warmup_cycles: 3,
@@ -352,16 +349,10 @@ pub(crate) fn run_scenario(
     let mut runs = Vec::new();
     {
         let _stats = kernel::BpfStats::set(true)?;
-        // The detailed eBPF arm (every allocation's processes every interval) only where
-        // there are many and nobody asks: it is the comparison that shows what the
-        // default saves (under the clients, every allocation is detailed anyway).
-        let mut sources = vec![Source::Ebpf, Source::Procfs];
-        if plan.detailed_arm && spec.is_quiet_sleepers() {
-            sources.push(Source::EbpfDetailed);
-        }
+        let sources = [Source::Ebpf, Source::Procfs];
         for round in 0..plan.runs {
             // Rotate the order each round so that no arm always runs first or last.
-            let mut order = sources.clone();
+            let mut order = sources;
             order.rotate_left(round % sources.len());
             for source in order {
                 let f = measure::run(
@@ -377,7 +368,7 @@ pub(crate) fn run_scenario(
                     format!("{} run {}, source {}", spec.key, round + 1, source.as_str())
                 })?;
                 let mut line = format!(
-                    "run {}/{} {:<15}: {:.3} ms CPU/cycle (collector thread {:.3} ms) over {} cycles, RSS {:.1} MiB",
+                    "run {}/{} {:<6}: {:.3} ms CPU/cycle (collector thread {:.3} ms) over {} cycles, RSS {:.1} MiB",
                     round + 1,
                     plan.runs,
                     source.as_str(),

@@ -17,7 +17,6 @@ pub type Series = [(Source, Points)];
 fn series_color(source: Source) -> RGBColor {
     match source {
         Source::Ebpf => BLUE,
-        Source::EbpfDetailed => GREEN,
         Source::Procfs => RED,
     }
 }
@@ -70,8 +69,7 @@ pub fn collection_cost(path: &Path, series: &Series, idle: &Series) -> Result<()
         }
         let color = series_color(*source);
         let label = match source {
-            Source::Ebpf => "eBPF (processes of requested allocations only)",
-            Source::EbpfDetailed => "eBPF --detail-all (every process, every interval)",
+            Source::Ebpf => "eBPF (every process and cgroup file, every interval)",
             Source::Procfs => "procfs (Nomad's method)",
         };
         chart
@@ -110,7 +108,6 @@ pub fn collection_cost(path: &Path, series: &Series, idle: &Series) -> Result<()
             .map_err(|e| err(&e))?
             .label(match source {
                 Source::Ebpf => "eBPF, all tasks idle",
-                Source::EbpfDetailed => "eBPF --detail-all, all tasks idle",
                 Source::Procfs => "procfs, all tasks idle",
             })
             .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.stroke_width(2)));

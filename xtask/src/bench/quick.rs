@@ -1,8 +1,7 @@
 //! `cargo xtask bench --quick`: the headline figures of the full run in a few minutes, as
 //! a table on the terminal, for a user checking the claims on their own host. The same
 //! scenarios, daemon runs and pipe slowdown as the full run ([`super::run_scenario`]),
-//! fewer of them: `1k` and `10k` (eBPF and procfs arms, no `--detail-all` arm, no
-//! pidstat, no API load), `clients-10k` (the same arms under nomad-apm and the UI, a
+//! fewer of them: `1k` and `10k` (eBPF and procfs arms, no pidstat, no API load), `clients-10k` (the same arms under nomad-apm and the UI, a
 //! window of one nomad-apm period) and `pipe` (the sched_switch program's run time per
 //! event under bpf_stats, then the pinned pipe with nothing / an empty program / the
 //! eBPF daemon). Nothing is written: BENCHMARKS.md stays the full run's.
@@ -32,7 +31,6 @@ fn plan() -> Plan {
     Plan {
         // Two rounds: a ratio from one round is at the mercy of one noisy window.
         runs: 2,
-        detailed_arm: false,
         settings: Settings {
             interval: Duration::from_secs(1),
             warmup_cycles: 3,

@@ -77,7 +77,7 @@ impl Spec {
     }
 
     /// One of the sleeper loads, no client asking: the scenarios of the no-request
-    /// figures (the CPU target, the `--detail-all` arm, pidstat, the chart).
+    /// figures (the CPU target, pidstat, the chart).
     pub fn is_quiet_sleepers(&self) -> bool {
         matches!(self.load, Load::Sleepers { .. }) && !self.clients()
     }
