@@ -48,7 +48,7 @@ pub fn kept() -> usize {
 /// One file name's state in a directory.
 #[derive(Debug)]
 struct Entry {
-    name: Box<str>,
+    name: &'static str,
     state: State,
 }
 
@@ -85,14 +85,18 @@ impl ControlFiles {
     /// the file, so the next read opens it again; a missing file reads as `ENOENT`.
     pub fn read(
         &self,
-        name: &str,
+        name: &'static str,
         open: impl FnOnce() -> io::Result<OwnedFd>,
         text: &mut String,
     ) -> io::Result<()> {
         // A poisoned lock only means another reader panicked mid-read: the list is
         // still a valid list of entries.
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = entries.iter().position(|e| &*e.name == name) {
+        // Names are the readers' literals: the address usually settles it.
+        if let Some(i) = entries
+            .iter()
+            .position(|e| std::ptr::eq(e.name, name) || e.name == name)
+        {
             match &mut entries[i].state {
                 State::Open(file) => {
                     let read = pread_into(file, text);
@@ -115,7 +119,7 @@ impl ControlFiles {
             Err(e) => {
                 if e.raw_os_error() == Some(libc::ENOENT) {
                     entries.push(Entry {
-                        name: name.into(),
+                        name,
                         state: State::Absent {
                             retry_in: ABSENT_RETRY,
                         },
@@ -128,7 +132,7 @@ impl ControlFiles {
         if KEPT.load(Ordering::Relaxed) < BUDGET.load(Ordering::Relaxed) {
             KEPT.fetch_add(1, Ordering::Relaxed);
             entries.push(Entry {
-                name: name.into(),
+                name,
                 state: State::Open(file),
             });
         }

@@ -444,7 +444,7 @@ impl CgroupDir {
     /// cgroup vanished.
     fn read_file<T>(
         &self,
-        name: &str,
+        name: &'static str,
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> Result<Option<T>, CgroupError> {
         let result = TEXT.with(|text| {
