@@ -933,24 +933,14 @@ fn real_kernel_v2_scope_is_discovered_and_read() {
 
 /// Sets a directory's modification time `secs` into the past.
 fn age(path: &Path, secs: i64) {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointers for the duration of the calls.
-    unsafe {
-        libc::clock_gettime(libc::CLOCK_REALTIME, &mut now);
-        let old = libc::timespec {
-            tv_sec: now.tv_sec - secs,
-            tv_nsec: 0,
-        };
-        let times = [old, old];
-        assert_eq!(
-            libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0),
-            0
-        );
-    }
+    let old = std::time::SystemTime::now()
+        - std::time::Duration::from_secs(secs.try_into().expect("a positive age"));
+    let times = std::fs::FileTimes::new()
+        .set_accessed(old)
+        .set_modified(old);
+    std::fs::File::open(path)
+        .and_then(|dir| dir.set_times(times))
+        .unwrap();
 }
 
 #[test]
