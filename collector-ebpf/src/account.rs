@@ -61,11 +61,12 @@ pub fn account<A: Access, S: ThreadStore<A>, C: EbpfContext>(
     let generation = generation();
     let css_set = task.css_set();
     let mut state = S::get(task);
-    // SAFETY: a non-null state is this thread's, written only on its own CPU (see the
-    // module comment), and valid while the program runs.
-    if state.is_null()
-        || unsafe { (*state).generation != generation || (*state).css_set != css_set }
-    {
+    if state.is_null() || {
+        // SAFETY: a non-null state is this thread's, written only on its own CPU (see the
+        // module comment), and valid while the program runs.
+        let cached = unsafe { &*state };
+        cached.generation != generation || cached.css_set != css_set
+    } {
         state = resolve::<A, S, C>(ctx, task, state, css_set, generation, exiting);
         if state.is_null() {
             return;
@@ -86,10 +87,14 @@ pub fn account<A: Access, S: ThreadStore<A>, C: EbpfContext>(
     if exiting {
         count(stat::EXITS_FOLDED);
         // SAFETY: cgroup is an element of CGROUP_CPU, valid while the program runs.
-        unsafe { add_one(&raw mut (*cgroup).exited_threads) };
+        let exited_threads = unsafe { &raw mut (*cgroup).exited_threads };
+        // SAFETY: a counter inside that map value.
+        unsafe { add_one(exited_threads) };
         if task.pid() == task.tgid() {
             // SAFETY: as above.
-            unsafe { add_one(&raw mut (*cgroup).processes_exited) };
+            let processes_exited = unsafe { &raw mut (*cgroup).processes_exited };
+            // SAFETY: a counter inside that map value.
+            unsafe { add_one(processes_exited) };
         }
     }
 }
@@ -144,7 +149,9 @@ fn resolve<A: Access, S: ThreadStore<A>, C: EbpfContext>(
                         if let Some(cgroup) = CGROUP_CPU.get_ptr_mut(slot) {
                             // SAFETY: an element of CGROUP_CPU, valid while the
                             // program runs.
-                            unsafe { add_one(&raw mut (*cgroup).processes_started) };
+                            let started = unsafe { &raw mut (*cgroup).processes_started };
+                            // SAFETY: a counter inside that map value.
+                            unsafe { add_one(started) };
                         }
                     }
                     CpuTimes::ZERO
@@ -170,20 +177,28 @@ fn resolve<A: Access, S: ThreadStore<A>, C: EbpfContext>(
 /// atomic adds (each a locked instruction on a cache line other CPUs share).
 #[inline(always)]
 fn add(cgroup: *mut CgroupCpu, delta: &CpuTimes) {
-    // SAFETY (each add): cgroup is an element of CGROUP_CPU (from get_ptr_mut), valid
-    // while the program runs.
-    unsafe { add_to(&raw mut (*cgroup).run_ns, delta.run) };
+    // SAFETY: cgroup is an element of CGROUP_CPU (from get_ptr_mut), valid while the
+    // program runs; this takes the address of one of its counters.
+    let run = unsafe { &raw mut (*cgroup).run_ns };
+    // SAFETY: a counter inside that map value.
+    unsafe { add_to(run, delta.run) };
     if delta.user != 0 {
         // SAFETY: as above.
-        unsafe { add_to(&raw mut (*cgroup).user_ns, delta.user) };
+        let user = unsafe { &raw mut (*cgroup).user_ns };
+        // SAFETY: as above.
+        unsafe { add_to(user, delta.user) };
     }
     if delta.system != 0 {
         // SAFETY: as above.
-        unsafe { add_to(&raw mut (*cgroup).system_ns, delta.system) };
+        let system = unsafe { &raw mut (*cgroup).system_ns };
+        // SAFETY: as above.
+        unsafe { add_to(system, delta.system) };
     }
     if delta.wait != 0 {
         // SAFETY: as above.
-        unsafe { add_to(&raw mut (*cgroup).wait_ns, delta.wait) };
+        let wait = unsafe { &raw mut (*cgroup).wait_ns };
+        // SAFETY: as above.
+        unsafe { add_to(wait, delta.wait) };
     }
 }
 

@@ -68,8 +68,12 @@ pub struct Direct;
 impl Access for Direct {
     #[inline(always)]
     unsafe fn load<T: Copy>(base: *const u8, offset: u32) -> T {
-        // SAFETY: the caller's contract; the verifier checks the load against BTF.
-        unsafe { *(base.add(offset as usize) as *const T) }
+        // SAFETY: the caller's contract: `offset` is a field's offset inside the object at
+        // `base`, so the sum stays inside it.
+        let at = unsafe { base.add(offset as usize) } as *const T;
+        // SAFETY: the caller's contract (a `T` field of a BTF object); the verifier checks
+        // the load against BTF.
+        unsafe { *at }
     }
 }
 
@@ -83,8 +87,10 @@ impl Access for Probed {
     unsafe fn load<T: Copy>(base: *const u8, offset: u32) -> T {
         let at = base.wrapping_add(offset as usize) as *const T;
         // SAFETY: bpf_probe_read_kernel copies from any kernel address and fails cleanly
-        // on a bad one; every T read here (integers and pointers) is valid when zeroed.
-        unsafe { bpf_probe_read_kernel(at).unwrap_or_else(|_| core::mem::zeroed()) }
+        // on a bad one.
+        let read = unsafe { bpf_probe_read_kernel(at) };
+        // SAFETY: every T read here (integers and pointers) is valid when zeroed.
+        read.unwrap_or_else(|_| unsafe { core::mem::zeroed() })
     }
 }
 
@@ -226,15 +232,17 @@ impl<A: Access> Task<A> {
     #[inline(always)]
     pub fn exited_threads_times(self) -> CpuTimes {
         let signal: *const u8 = self.field(layout!(task_signal));
-        // SAFETY: task->signal is the task's signal_struct (never null for a live
-        // task; a null one reads as zeros), read with the same access as the task.
-        unsafe {
-            CpuTimes {
-                run: A::load(signal, layout!(signal_sum_sched_runtime)),
-                user: A::load(signal, layout!(signal_utime)),
-                system: A::load(signal, layout!(signal_stime)),
-                wait: 0,
-            }
+        // SAFETY (each load): task->signal is the task's signal_struct (never null for a
+        // live task; a null one reads as zeros), read with the same access as the task, at
+        // offsets of its u64 fields.
+        CpuTimes {
+            // SAFETY: as above.
+            run: unsafe { A::load(signal, layout!(signal_sum_sched_runtime)) },
+            // SAFETY: as above.
+            user: unsafe { A::load(signal, layout!(signal_utime)) },
+            // SAFETY: as above.
+            system: unsafe { A::load(signal, layout!(signal_stime)) },
+            wait: 0,
         }
     }
 
@@ -253,14 +261,17 @@ impl<A: Access> Task<A> {
         // Probed even for a BTF task: before 6.2 the counters are `atomic_long_t`
         // elements of an array, a typedef'd struct that 6.1's verifier cannot walk into
         // ("Type 'atomic_long_t' is not a struct"). Four helper calls per process read.
-        // SAFETY: mm is the task's non-null mm_struct; the offsets are its RSS counters.
-        unsafe {
-            let file: i64 = Probed::load(mm, file_off);
-            let anon: i64 = Probed::load(mm, layout!(mm_anon_pages));
-            let shmem: i64 = Probed::load(mm, layout!(mm_shmem_pages));
-            let swap: i64 = Probed::load(mm, layout!(mm_swap_entries));
-            Some((file + anon + shmem, swap))
-        }
+        // SAFETY (each load): mm is the task's non-null mm_struct; the offsets are its
+        // RSS counters (i64 each), read with bpf_probe_read_kernel.
+        // SAFETY: as above.
+        let file: i64 = unsafe { Probed::load(mm, file_off) };
+        // SAFETY: as above.
+        let anon: i64 = unsafe { Probed::load(mm, layout!(mm_anon_pages)) };
+        // SAFETY: as above.
+        let shmem: i64 = unsafe { Probed::load(mm, layout!(mm_shmem_pages)) };
+        // SAFETY: as above.
+        let swap: i64 = unsafe { Probed::load(mm, layout!(mm_swap_entries)) };
+        Some((file + anon + shmem, swap))
     }
 
     /// The thread's `css_set`, as an address: it changes whenever the thread moves to
@@ -277,12 +288,10 @@ impl<A: Access> Task<A> {
         let cset: *const u8 = self.field(layout!(task_cgroups));
         let v1_off = layout!(css_set_v1_subsys);
         let v1 = if v1_off != 0 {
-            // SAFETY: cset is the task's css_set; subsys[id] is a cgroup_subsys_state,
-            // whose `cgroup` is a struct cgroup.
-            let cgroup: *const u8 = unsafe {
-                let css: *const u8 = A::load(cset, v1_off);
-                A::load(css, layout!(css_cgroup))
-            };
+            // SAFETY: cset is the task's css_set; subsys[id] is a cgroup_subsys_state.
+            let css: *const u8 = unsafe { A::load(cset, v1_off) };
+            // SAFETY: css is a cgroup_subsys_state, whose `cgroup` is a struct cgroup.
+            let cgroup: *const u8 = unsafe { A::load(css, layout!(css_cgroup)) };
             cgroup_id::<A>(cgroup)
         } else {
             0
@@ -301,10 +310,8 @@ impl<A: Access> Task<A> {
 /// `cgroup->kn->id`: the id cgroupfs shows as the directory's inode number.
 #[inline(always)]
 fn cgroup_id<A: Access>(cgroup: *const u8) -> u64 {
-    // SAFETY: callers pass a struct cgroup read with access A (a null one reads as 0);
-    // its kn is a kernfs_node.
-    unsafe {
-        let kn: *const u8 = A::load(cgroup, layout!(cgroup_kn));
-        A::load(kn, layout!(kernfs_node_id))
-    }
+    // SAFETY: callers pass a struct cgroup read with access A (a null one reads as 0).
+    let kn: *const u8 = unsafe { A::load(cgroup, layout!(cgroup_kn)) };
+    // SAFETY: a cgroup's kn is a kernfs_node, read with the same access (null reads 0).
+    unsafe { A::load(kn, layout!(kernfs_node_id)) }
 }

@@ -58,8 +58,10 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
 /// Accounts the thread running on this CPU (run by the daemon, not by an event).
 #[raw_tracepoint]
 pub fn checkpoint(ctx: RawTracePointContext) -> i32 {
-    // SAFETY: bpf_get_current_task_btf returns the running task as a BTF pointer.
-    let current = unsafe { Task::<Direct>::new(bpf_get_current_task_btf().cast()) };
+    // SAFETY: a helper without preconditions; it returns the running task as a BTF pointer.
+    let task = unsafe { bpf_get_current_task_btf() };
+    // SAFETY: the running task, a BTF pointer live while the program runs.
+    let current = unsafe { Task::<Direct>::new(task.cast()) };
     account::<Direct, TaskStore, _>(&ctx, current, false);
     0
 }

@@ -39,9 +39,10 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
 /// Accounts the thread running on this CPU (run by the daemon, not by an event).
 #[raw_tracepoint]
 pub fn checkpoint(ctx: RawTracePointContext) -> i32 {
-    // SAFETY: bpf_get_current_task returns the running task's address, read here only
-    // through bpf_probe_read_kernel.
-    let current = unsafe { Task::<Probed>::new(bpf_get_current_task() as *const u8) };
+    // SAFETY: a helper without preconditions; it returns the running task's address.
+    let task = unsafe { bpf_get_current_task() };
+    // SAFETY: the running task's address, read here only through bpf_probe_read_kernel.
+    let current = unsafe { Task::<Probed>::new(task as *const u8) };
     account::<Probed, HashStore, _>(&ctx, current, false);
     0
 }

@@ -8,15 +8,21 @@
 //! it refuses any `..` component and opens the last component with `O_NOFOLLOW`.
 
 use std::{
-    ffi::{CStr, CString, OsStr, OsString},
+    ffi::{OsStr, OsString},
     fs::File,
     io::{self, Read},
+    mem::MaybeUninit,
     os::{
-        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd},
+        fd::{AsFd, BorrowedFd, OwnedFd},
         unix::ffi::{OsStrExt, OsStringExt},
     },
     path::{Component, Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
+};
+
+use rustix::{
+    fs::{FileType, Mode, OFlags, RawDir, ResolveFlags, Stat},
+    io::Errno,
 };
 
 /// A directory tree that files are read beneath.
@@ -28,9 +34,14 @@ pub struct Tree {
 
 static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
 
-fn c_path(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+/// `libc` open flags (as callers pass them) as rustix's.
+fn oflags(flags: libc::c_int) -> OFlags {
+    OFlags::from_bits_retain(flags as u32)
+}
+
+/// (inode number, is a directory) of a `stat` result.
+fn inode_and_kind(st: &Stat) -> (u64, bool) {
+    (st.st_ino, FileType::from_raw_mode(st.st_mode).is_dir())
 }
 
 /// Rejects absolute paths and `..`: names inside a tree are always relative and downward.
@@ -50,20 +61,13 @@ fn check_relative(rel: &Path) -> io::Result<()> {
 
 impl Tree {
     pub fn open(path: &Path) -> io::Result<Self> {
-        let c = c_path(path)?;
-        // SAFETY: c is a valid NUL-terminated string.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let root = rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         Ok(Self {
-            // SAFETY: fd is a new descriptor we own.
-            root: unsafe { OwnedFd::from_raw_fd(fd) },
+            root,
             path: path.to_path_buf(),
         })
     }
@@ -112,8 +116,7 @@ impl Tree {
 
     /// (inode number, is a directory) of `rel`, without following a symlink.
     pub fn inode_of(&self, rel: &Path) -> io::Result<(u64, bool)> {
-        let st = self.stat(rel)?;
-        Ok((st.st_ino, st.st_mode & libc::S_IFMT == libc::S_IFDIR))
+        fd_inode(self.open_at(rel, libc::O_PATH)?.as_fd())
     }
 
     /// A number that changes whenever the set of subdirectories of `rel` does (one
@@ -126,16 +129,6 @@ impl Tree {
         visit_subdirs(self, rel, |_, inode| inodes.add(inode))?;
         Ok(inodes.fingerprint())
     }
-
-    fn stat(&self, rel: &Path) -> io::Result<libc::stat64> {
-        let fd = self.open_at(rel, libc::O_PATH)?;
-        // SAFETY: zeroed stat filled by fstat on a valid descriptor.
-        let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstat64(fd.as_raw_fd(), &mut st) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(st)
-    }
 }
 
 /// Opens `rel` beneath the directory `dir` with `flags` added to `O_CLOEXEC`: never
@@ -147,41 +140,22 @@ pub fn open_beneath(dir: BorrowedFd<'_>, rel: &Path, flags: libc::c_int) -> io::
     } else {
         rel
     };
-    let c = c_path(rel)?;
-    let flags = flags | libc::O_CLOEXEC;
+    let flags = oflags(flags) | OFlags::CLOEXEC;
     if !NO_OPENAT2.load(Ordering::Relaxed) {
-        // SAFETY: open_how is plain data; zero is valid for every field.
-        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-        how.flags = flags as u64;
-        how.resolve =
-            libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-        // SAFETY: valid dirfd, path and open_how for the duration of the call.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dir.as_raw_fd(),
-                c.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: a new descriptor we own.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        let resolve =
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        match rustix::fs::openat2(dir, rel, flags, Mode::empty(), resolve) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::NOSYS) => NO_OPENAT2.store(true, Ordering::Relaxed),
+            Err(errno) => return Err(errno.into()),
         }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::ENOSYS) {
-            return Err(err);
-        }
-        NO_OPENAT2.store(true, Ordering::Relaxed);
     }
-    // SAFETY: as above.
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_NOFOLLOW) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(rustix::fs::openat(
+        dir,
+        rel,
+        flags | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )?)
 }
 
 /// Reads all of `fd` into `buf` (cleared first) with plain `read(2)` calls into the
@@ -214,33 +188,19 @@ fn read_fd_bytes(fd: BorrowedFd<'_>, bytes: &mut Vec<u8>) -> io::Result<()> {
         if bytes.capacity() - bytes.len() < 1024 {
             bytes.reserve(4096);
         }
-        let spare = bytes.spare_capacity_mut();
-        // SAFETY: reads at most spare.len() bytes into memory owned by `bytes`.
-        let n = unsafe { libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
-        match n {
-            0 => return Ok(()),
-            n if n > 0 => {
-                // SAFETY: the kernel initialized n bytes past the old length.
-                unsafe { bytes.set_len(bytes.len() + n as usize) };
-            }
-            _ => {
-                let err = io::Error::last_os_error();
-                if err.kind() != io::ErrorKind::Interrupted {
-                    return Err(err);
-                }
-            }
+        // Reads into the spare capacity and extends the length by what was read.
+        match rustix::io::read(fd, rustix::buffer::spare_capacity(bytes)) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(Errno::INTR) => {}
+            Err(errno) => return Err(errno.into()),
         }
     }
 }
 
 /// (inode number, is a directory) of an open descriptor.
 pub fn fd_inode(fd: BorrowedFd<'_>) -> io::Result<(u64, bool)> {
-    // SAFETY: zeroed stat filled by fstat on a valid descriptor.
-    let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat64(fd.as_raw_fd(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((st.st_ino, st.st_mode & libc::S_IFMT == libc::S_IFDIR))
+    Ok(inode_and_kind(&rustix::fs::fstat(fd)?))
 }
 
 /// Accumulates an order-independent fingerprint of a set of inode numbers.
@@ -293,16 +253,6 @@ impl SubDir {
     }
 }
 
-/// Closes a `DIR*` (and with it the descriptor it owns) exactly once.
-struct DirStream(*mut libc::DIR);
-
-impl Drop for DirStream {
-    fn drop(&mut self) {
-        // SAFETY: self.0 came from a successful fdopendir and is closed only here.
-        unsafe { libc::closedir(self.0) };
-    }
-}
-
 /// Subdirectories of `rel` beneath `tree` (symlinks and files are skipped), with the
 /// inode numbers `readdir` gives for free in `d_ino` (on cgroupfs the same number `stat`
 /// returns: the cgroup id), which saves an `open`+`fstat` per directory.
@@ -321,50 +271,30 @@ fn list_subdirs(tree: &Tree, rel: &Path) -> io::Result<Vec<SubDir>> {
 /// files skipped), in `readdir` order.
 fn visit_subdirs(tree: &Tree, rel: &Path, mut visit: impl FnMut(&[u8], u64)) -> io::Result<()> {
     let fd = tree.open_at(rel, libc::O_RDONLY | libc::O_DIRECTORY)?;
-    let raw = fd.as_raw_fd();
-    // SAFETY: raw is a valid directory descriptor; on success the DIR* owns it.
-    let dir = unsafe { libc::fdopendir(raw) };
-    if dir.is_null() {
-        return Err(io::Error::last_os_error()); // `fd` still owns and closes the descriptor
-    }
-    let _ = fd.into_raw_fd(); // now owned by `dir`
-    let stream = DirStream(dir);
-    loop {
-        // SAFETY: errno is thread-local; clearing it tells end-of-directory from an error.
-        unsafe { *libc::__errno_location() = 0 };
-        // SAFETY: stream.0 is a valid DIR* until the stream is dropped.
-        let entry = unsafe { libc::readdir64(stream.0) };
-        if entry.is_null() {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error().unwrap_or(0) != 0 {
-                return Err(err);
-            }
-            return Ok(());
-        }
-        // SAFETY: entry points to a valid dirent64 until the next readdir on this stream.
-        let (d_type, d_ino, name) = unsafe {
-            let entry = &*entry;
-            (
-                entry.d_type,
-                entry.d_ino,
-                CStr::from_ptr(entry.d_name.as_ptr()).to_bytes(),
-            )
-        };
+    // getdents64 into one buffer on the stack: no allocation per entry or per pass.
+    let mut buf = [MaybeUninit::<u8>::uninit(); DIRENT_BUFFER];
+    let mut entries = RawDir::new(fd, &mut buf);
+    while let Some(entry) = entries.next() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
         if name == b"." || name == b".." {
             continue;
         }
-        match d_type {
-            libc::DT_DIR => visit(name, d_ino),
-            libc::DT_UNKNOWN => {
-                // Filesystems that do not fill d_type: ask, without following a symlink.
-                if let Ok((inode, true)) = tree.inode_of(&rel.join(OsStr::from_bytes(name))) {
-                    visit(name, inode);
-                }
+        let file_type = entry.file_type();
+        if file_type == FileType::Directory {
+            visit(name, entry.ino());
+        } else if file_type == FileType::Unknown {
+            // Filesystems that do not fill d_type: ask, without following a symlink.
+            if let Ok((inode, true)) = tree.inode_of(&rel.join(OsStr::from_bytes(name))) {
+                visit(name, inode);
             }
-            _ => {}
         }
     }
+    Ok(())
 }
+
+/// Bytes of directory entries read per `getdents64` call (glibc's `readdir` uses 32 KiB).
+const DIRENT_BUFFER: usize = 32 * 1024;
 
 #[cfg(test)]
 mod tests {

@@ -9,6 +9,9 @@
 
 use std::{ffi::CString, io};
 
+use caps::{CapSet, CapsHashSet};
+use rustix::thread::CapabilitySet;
+
 use thiserror::Error;
 use tracing::{info, warn};
 
@@ -25,6 +28,14 @@ pub enum SecurityError {
     StillPrivileged(String),
 }
 
+/// A failure of the `caps` crate, which reports errors as text.
+fn caps_error(step: &'static str) -> impl FnOnce(caps::errors::CapsError) -> SecurityError {
+    move |err| SecurityError::Sys {
+        step,
+        source: io::Error::other(err),
+    }
+}
+
 fn check(step: &'static str, rc: libc::c_int) -> Result<(), SecurityError> {
     if rc < 0 {
         Err(SecurityError::Sys {
@@ -39,10 +50,14 @@ fn check(step: &'static str, rc: libc::c_int) -> Result<(), SecurityError> {
 /// (uid, gid) of `name`.
 fn lookup_user(name: &str) -> Result<(libc::uid_t, libc::gid_t), SecurityError> {
     let c_name = CString::new(name).map_err(|_| SecurityError::UnknownUser(name.to_owned()))?;
+    // SAFETY: `passwd` is plain data (integers and pointers) for which all zeroes is a
+    // valid value; getpwnam_r fills it.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16384];
     let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the sizes given.
+    // SAFETY: `c_name` is NUL-terminated, `pwd` and `result` are writable, `buf` is valid
+    // for `buf.len()` bytes, and all of them outlive the call; the strings that `pwd`
+    // points to afterwards live in `buf`, and only its integer fields are read below.
     let rc = unsafe {
         libc::getpwnam_r(
             c_name.as_ptr(),
@@ -57,22 +72,6 @@ fn lookup_user(name: &str) -> Result<(libc::uid_t, libc::gid_t), SecurityError> 
     }
     Ok((pwd.pw_uid, pwd.pw_gid))
 }
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-
-#[repr(C)]
-#[derive(Default, Clone, Copy)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 fn last_cap() -> u32 {
     std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
@@ -95,6 +94,14 @@ pub fn effective_capabilities() -> String {
 /// `CAP_BPF` (Linux 5.8+).
 pub const CAP_BPF: u32 = 39;
 
+/// The capabilities of `keep` that the `caps` crate knows (every one this daemon keeps).
+fn capability_set(keep: &[u32]) -> CapsHashSet {
+    caps::all()
+        .into_iter()
+        .filter(|cap| keep.contains(&u32::from(cap.index())))
+        .collect()
+}
+
 /// Whether a thread without capabilities is refused every `bpf(2)` command, even on
 /// descriptors it holds: kernels before 6.5 check `unprivileged_bpf_disabled` for every
 /// command (Debian's 5.10 sets it), later ones only for loading programs and creating
@@ -103,21 +110,17 @@ pub const CAP_BPF: u32 = 39;
 /// means the command got past that check.
 pub fn bpf_needs_capability() -> bool {
     std::thread::spawn(|| {
-        let mut header = CapHeader {
-            version: LINUX_CAPABILITY_VERSION_3,
-            pid: 0,
-        };
-        let data = [CapData::default(); 2];
-        // SAFETY: capset with a valid header and two data structs (version 3); it changes
-        // only this thread's capabilities.
-        let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
-        if rc < 0 {
+        // Permitted (which clears effective with it), then inheritable: this thread only.
+        if caps::clear(None, CapSet::Permitted).is_err()
+            || caps::clear(None, CapSet::Inheritable).is_err()
+        {
             return false;
         }
         // union bpf_attr for BPF_MAP_LOOKUP_ELEM: map_fd, pad, key, value, flags.
         let mut attr = [0u64; 4];
         attr[0] = u64::from(u32::MAX); // map_fd = -1
-                                       // SAFETY: attr is a valid, zeroed buffer of the size passed, for the whole call.
+                                       // SAFETY: `attr` is a zeroed buffer of the size passed, valid for the whole call;
+                                       // with map_fd -1 the kernel reads it and writes nothing.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
@@ -132,65 +135,61 @@ pub fn bpf_needs_capability() -> bool {
     .unwrap_or(false)
 }
 
+/// Switches the whole process (glibc applies set*id to every thread) to `uid`/`gid`,
+/// with `gid` as its only supplementary group.
+fn switch_user(uid: libc::uid_t, gid: libc::gid_t) -> Result<(), SecurityError> {
+    // SAFETY: one group read from a local that outlives the call.
+    check("setgroups", unsafe { libc::setgroups(1, &gid) })?;
+    // SAFETY: takes a plain integer.
+    check("setgid", unsafe { libc::setgid(gid) })?;
+    // SAFETY: takes a plain integer.
+    check("setuid", unsafe { libc::setuid(uid) })
+}
+
 /// Drops every capability but those in `keep` (see [`bpf_needs_capability`]),
 /// optionally switching to `user` first.
 pub fn drop_privileges(user: Option<&str>, keep: &[u32]) -> Result<(), SecurityError> {
-    // SAFETY: prctl/setgroups/setgid/setuid/capset take plain integers or pointers to
-    // values that live for the call.
-    unsafe {
-        // The bounding set first: emptying it needs CAP_SETPCAP, which is gone once the
-        // user changes. Effective capabilities are untouched by this, so setuid below
-        // still works.
-        if !keep.is_empty() && user.is_some() {
-            // Keep the permitted set across setuid, to retain `keep` below.
-            check(
-                "prctl(PR_SET_KEEPCAPS)",
-                libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0),
-            )?;
-        }
-        for cap in (0..=last_cap()).filter(|cap| !keep.contains(cap)) {
-            let rc = libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
+    // The bounding set first: emptying it needs CAP_SETPCAP, which is gone once the user
+    // changes. Effective capabilities are untouched by this, so setuid below still works.
+    if !keep.is_empty() && user.is_some() {
+        // Keep the permitted set across setuid, to retain `keep` below.
+        caps::securebits::set_keepcaps(true).map_err(caps_error("prctl(PR_SET_KEEPCAPS)"))?;
+    }
+    // By number up to the kernel's last, including any the `caps` crate does not name yet
+    // (hence rustix, which also keeps the errno).
+    for cap in (0..=last_cap()).filter(|cap| !keep.contains(cap)) {
+        let Some(set) = 1u64.checked_shl(cap).map(CapabilitySet::from_bits_retain) else {
+            continue;
+        };
+        match rustix::thread::remove_capability_from_bounding_set(set) {
             // EINVAL: a capability this kernel does not know. EPERM: started without
             // CAP_SETPCAP (an unprivileged user), whose bounding set cannot give it
             // anything under no_new_privs anyway.
-            let errno = io::Error::last_os_error().raw_os_error();
-            if rc < 0 && errno != Some(libc::EINVAL) && errno != Some(libc::EPERM) {
-                check("prctl(PR_CAPBSET_DROP)", rc)?;
+            Ok(()) | Err(rustix::io::Errno::INVAL | rustix::io::Errno::PERM) => {}
+            Err(errno) => {
+                return Err(SecurityError::Sys {
+                    step: "prctl(PR_CAPBSET_DROP)",
+                    source: errno.into(),
+                })
             }
         }
-        if let Some(name) = user {
-            let (uid, gid) = lookup_user(name)?;
-            check("setgroups", libc::setgroups(1, &gid))?;
-            check("setgid", libc::setgid(gid))?;
-            check("setuid", libc::setuid(uid))?;
-            info!(user = name, uid, gid, "switched user");
-        }
-        check(
-            "prctl(PR_SET_NO_NEW_PRIVS)",
-            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
-        )?;
-        let _ = libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL,
-            0,
-            0,
-            0,
-        );
-        let mut header = CapHeader {
-            version: LINUX_CAPABILITY_VERSION_3,
-            pid: 0,
-        };
-        let mut data = [CapData::default(); 2];
-        for &cap in keep {
-            let bit = 1u32 << (cap % 32);
-            data[(cap / 32) as usize].effective |= bit;
-            data[(cap / 32) as usize].permitted |= bit;
-        }
-        check(
-            "capset",
-            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) as libc::c_int,
-        )?;
     }
+    if let Some(name) = user {
+        let (uid, gid) = lookup_user(name)?;
+        switch_user(uid, gid)?;
+        info!(user = name, uid, gid, "switched user");
+    }
+    rustix::thread::set_no_new_privs(true).map_err(|errno| SecurityError::Sys {
+        step: "prctl(PR_SET_NO_NEW_PRIVS)",
+        source: errno.into(),
+    })?;
+    // Kernels before 4.3 have no ambient set: nothing to clear there.
+    let _ = caps::clear(None, CapSet::Ambient);
+    // Effective first: a permitted set smaller than the effective one is refused.
+    let kept = capability_set(keep);
+    caps::set(None, CapSet::Effective, &kept).map_err(caps_error("capset (effective)"))?;
+    caps::set(None, CapSet::Permitted, &kept).map_err(caps_error("capset (permitted)"))?;
+    caps::clear(None, CapSet::Inheritable).map_err(caps_error("capset (inheritable)"))?;
     let left = u64::from_str_radix(effective_capabilities().trim(), 16).unwrap_or(u64::MAX);
     let allowed = keep.iter().fold(0u64, |mask, &cap| mask | 1 << cap);
     if left & !allowed != 0 {

@@ -32,8 +32,22 @@ fn f(v: &Value, path: &[&str]) -> f64 {
 /// Waits for the allocation to be reported with non-first-sample figures, then returns
 /// the median of `n` further readings of `read`.
 fn settle(daemon: &Daemon, alloc: &str, n: usize, read: impl Fn(&Value) -> f64) -> f64 {
-    eventually(Duration::from_secs(15), || stats(daemon, alloc)).expect("allocation appears");
-    thread::sleep(Duration::from_millis(1200));
+    let first =
+        eventually(Duration::from_secs(15), || stats(daemon, alloc)).expect("allocation appears");
+    // Two more samples of this allocation (its Timestamp changes with each): the figures
+    // then cover a whole interval after its first sample. Only this allocation is asked
+    // about, so the waiting adds no collection work.
+    let mut seen = first["Timestamp"].as_i64();
+    let mut fresh = 0;
+    eventually(Duration::from_secs(15), || {
+        let now = stats(daemon, alloc)?["Timestamp"].as_i64();
+        if now != seen {
+            seen = now;
+            fresh += 1;
+        }
+        (fresh >= 2).then_some(())
+    })
+    .expect("the allocation's figures are refreshed");
     let mut values: Vec<f64> = (0..n)
         .map(|_| {
             thread::sleep(Duration::from_millis(500));
@@ -204,8 +218,11 @@ fn a_half_core_quota_reads_50_percent_and_throttles() {
         "half-core quota reads {percent}%"
     );
     let first = cpu(&stats(&daemon, &alloc).unwrap(), "ThrottledPeriods");
-    thread::sleep(Duration::from_millis(1500));
-    let v = stats(&daemon, &alloc).unwrap();
+    // The quota keeps throttling: a later cycle reads more throttled periods.
+    let v = eventually(Duration::from_secs(10), || {
+        stats(&daemon, &alloc).filter(|v| cpu(v, "ThrottledPeriods") > first)
+    })
+    .unwrap_or_else(|| stats(&daemon, &alloc).unwrap());
     let second = cpu(&v, "ThrottledPeriods");
     assert!(
         second > first && first > 0.0,

@@ -12,8 +12,8 @@ use std::{
 };
 
 use integration_tests::{
-    burner, eventually, percent_and_truth, privileged, programs_named, uuid, vm_rss_bytes,
-    Background, Cgroup, ConfigFile, Daemon, Pins,
+    burner, eventually, percent_and_truth, privileged, uuid, vm_rss_bytes, Background, Cgroup,
+    ConfigFile, Daemon, Pins,
 };
 use serde_json::Value;
 
@@ -42,6 +42,30 @@ fn wait_cycles(daemon: &Daemon, cycles: f64) {
         (daemon.metric("nomad_collector_cycles_total", &[])? >= start + cycles).then_some(())
     })
     .expect("the daemon keeps cycling");
+}
+
+/// (link id, program id) of the `sched_switch` link the daemon pinned under this test's
+/// own pin root (in whichever layout version directory), if there is one. Judging by these
+/// ids, not by program names, lets the test pass beside any other collector on the host
+/// (a production instance attaches its own `sched_switch`).
+fn pinned_switch(pins: &Pins) -> Option<(u32, u32)> {
+    let pin = fs::read_dir(&pins.root)
+        .ok()?
+        .flatten()
+        .map(|version| version.path().join("sched_switch_link"))
+        .find(|path| path.exists())?;
+    let link = aya::programs::links::PinnedLink::from_pin(&pin).ok()?;
+    // The descriptor opened here is closed when `info` returns: it holds nothing up.
+    let info = aya::programs::links::FdLink::from(link).info().ok()?;
+    Some((info.id(), info.program_id()))
+}
+
+/// Whether a program with this id is loaded, named `sched_switch` (ids are not reused
+/// while the kernel runs, short of wrapping around 2^31).
+fn switch_program_loaded(id: u32) -> bool {
+    aya::programs::loaded_programs()
+        .flatten()
+        .any(|p| p.id() == id && p.name_as_str() == Some("sched_switch"))
 }
 
 /// How the first daemon of a restart test goes away.
@@ -86,14 +110,18 @@ fn restart_loses_no_cpu_time(how: Stop) {
         before > 1_000_000_000,
         "counted {before} ns before the restart"
     );
-    let program = programs_named("sched_switch");
+    let pinned = pinned_switch(&pins).expect("the daemon pinned its sched_switch link");
+    let (_, program) = pinned;
+    assert!(
+        switch_program_loaded(program),
+        "the pinned program is loaded"
+    );
     match how {
         Stop::Clean => assert!(first.stop(), "clean stop"),
         Stop::Killed => first.kill(),
     }
-    assert_eq!(
-        programs_named("sched_switch"),
-        program,
+    assert!(
+        pinned_switch(&pins) == Some(pinned) && switch_program_loaded(program),
         "the pinned program stays loaded while the daemon is down"
     );
 
@@ -148,8 +176,7 @@ fn restart_loses_no_cpu_time(how: Stop) {
     assert!(pins.uninstall(), "--uninstall succeeds");
     assert!(!std::path::Path::new(&pins.root).exists(), "pins removed");
     assert!(
-        eventually(Duration::from_secs(5), || programs_named("sched_switch")
-            .is_empty()
+        eventually(Duration::from_secs(5), || (!switch_program_loaded(program))
             .then_some(()))
         .is_some(),
         "uninstall detaches the program"

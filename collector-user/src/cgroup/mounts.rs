@@ -7,9 +7,7 @@
 
 use std::{
     collections::BTreeMap,
-    ffi::OsString,
     io,
-    os::unix::ffi::OsStringExt,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -17,7 +15,10 @@ use std::{
 use tracing::{debug, warn};
 
 use super::{discover::DiscoveredTask, stats::CgroupDir, TaskCgroups};
-use crate::fsutil::Tree;
+use crate::{
+    fsutil::Tree,
+    procfs::mountinfo::{unescape_path, MountInfoLine},
+};
 
 /// cgroup v1 controller names. Mount options and directory names are checked against this
 /// list so that named hierarchies (`name=systemd`), mount flags (`noprefix`,
@@ -67,58 +68,23 @@ pub enum HostKind {
     None,
 }
 
-/// Decodes the octal escapes (`\040` for a space, `\011`, `\012`, `\134`) the kernel
-/// writes in mountinfo paths.
-fn unescape_mount_path(field: &str) -> PathBuf {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && b.len() - i >= 4 {
-            let oct = &b[i + 1..i + 4];
-            if oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                let value = oct
-                    .iter()
-                    .fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0'));
-                if let Ok(byte) = u8::try_from(value) {
-                    out.push(byte);
-                    i += 4;
-                    continue;
-                }
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    PathBuf::from(OsString::from_vec(out))
-}
-
 impl CgroupMounts {
     /// Parses `/proc/self/mountinfo` text. `cgroup` entries give v1 controllers (from the
     /// super options); the first `cgroup2` entry gives the unified mount. A controller
     /// mounted twice (bind mounts) keeps its first mount point.
     pub fn parse_mountinfo(text: &str) -> Self {
         let mut mounts = CgroupMounts::default();
-        for line in text.lines() {
-            // `id parent maj:min root mount-point options [optional...] - fstype source super`
-            let Some((left, right)) = line.split_once(" - ") else {
-                continue;
-            };
-            let Some(mount_point) = left.split(' ').nth(4) else {
-                continue;
-            };
-            let mut right = right.split(' ');
-            let (Some(fstype), _source, super_opts) = (right.next(), right.next(), right.next())
-            else {
+        for line in MountInfoLine::lines(text) {
+            let Some(fstype) = line.fstype else {
                 continue;
             };
             match fstype {
                 "cgroup2" if mounts.v2.is_none() => {
-                    mounts.v2 = Some(unescape_mount_path(mount_point));
+                    mounts.v2 = Some(unescape_path(line.mount_point));
                 }
                 "cgroup" => {
-                    let path = unescape_mount_path(mount_point);
-                    for opt in super_opts.unwrap_or("").split(',') {
+                    let path = unescape_path(line.mount_point);
+                    for opt in line.super_options.unwrap_or("").split(',') {
                         if is_v1_controller(opt) {
                             mounts
                                 .v1
@@ -312,20 +278,5 @@ impl Hierarchies {
             cpuacct: v1("cpuacct"),
             v2: None,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unescapes_octal_and_keeps_other_backslashes() {
-        assert_eq!(
-            unescape_mount_path(r"/a\040b\011c\134d"),
-            PathBuf::from("/a b\tc\\d")
-        );
-        assert_eq!(unescape_mount_path(r"/x\9y\04"), PathBuf::from(r"/x\9y\04"));
-        assert_eq!(unescape_mount_path(r"/end\"), PathBuf::from(r"/end\"));
     }
 }

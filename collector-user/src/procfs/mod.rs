@@ -3,12 +3,14 @@
 //! - [`process`]: per-process CPU and memory, as Nomad's executor polls them; the /proc CPU
 //!   source uses these when eBPF is unavailable, and the per-PID figures come from here.
 //! - [`host`]: the figures of `GET /v1/client/stats`.
+//! - [`mountinfo`]: the mount table's parser, shared with [`crate::cgroup`]'s mounts.
 //!
 //! Every read goes through a [`crate::fsutil::Tree`] opened once on the root (`/proc`,
 //! `/sys`, or a fake tree in tests), so no symlink is ever followed out of it.
 
 mod error;
 pub mod host;
+pub mod mountinfo;
 pub mod process;
 
 use std::sync::OnceLock;

@@ -204,8 +204,9 @@ fn clock(at: SystemTime) -> String {
     let secs = at
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs()) as libc::time_t;
-    // SAFETY: localtime_r writes only the tm we own; a zeroed tm is a valid value.
+    // SAFETY: `tm` is plain data (integers and a pointer) for which all zeroes is valid.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: `secs` and `tm` are valid for the call; localtime_r writes only `tm`.
     if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
         return String::new();
     }

@@ -145,10 +145,12 @@ fn main() {
             for _ in 0..n {
                 // SAFETY: the child only sleeps and exits (async-signal-safe calls only).
                 match unsafe { libc::fork() } {
-                    0 => unsafe {
-                        libc::sleep(secs as u32);
-                        libc::_exit(0);
-                    },
+                    0 => {
+                        // SAFETY: sleep is async-signal-safe, so callable in the forked child.
+                        unsafe { libc::sleep(secs as u32) };
+                        // SAFETY: _exit is async-signal-safe and ends the child here.
+                        unsafe { libc::_exit(0) }
+                    }
                     -1 => panic!("fork failed"),
                     pid => children.push(pid),
                 }

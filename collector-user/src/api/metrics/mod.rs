@@ -238,9 +238,12 @@ mod tests {
 
     #[test]
     fn hostname_is_the_kernels() {
+        // SAFETY: `utsname` is arrays of bytes, for which all zeroes is valid.
         let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
         // SAFETY: uname fills the struct it is given.
         assert_eq!(unsafe { libc::uname(&mut uts) }, 0);
+        // SAFETY: uname wrote a NUL-terminated node name into `uts`, which outlives it
+        // (and a zeroed array is NUL-terminated had it not).
         let nodename = unsafe { std::ffi::CStr::from_ptr(uts.nodename.as_ptr()) };
         assert_eq!(hostname(), nodename.to_string_lossy());
         assert!(!hostname().is_empty());
