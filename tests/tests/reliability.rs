@@ -12,8 +12,8 @@ use std::{
 };
 
 use integration_tests::{
-    burner, eventually, percent_and_truth, privileged, schedstat_ns, uuid, vm_rss_bytes, Background, Cgroup,
-    ConfigFile, Daemon, Pins,
+    burner, eventually, percent_and_truth, privileged, schedstat_ns, uuid, vm_rss_bytes,
+    Background, Cgroup, ConfigFile, Daemon, Pins,
 };
 use serde_json::Value;
 

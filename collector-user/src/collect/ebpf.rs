@@ -136,7 +136,11 @@ impl SlotProcesses {
             let mut process = ProcessSample {
                 pid: first.tgid,
                 // Without the leader in this cgroup, the oldest thread tells a reused PID.
-                start: group.iter().map(|&(_, i)| threads[i].start_ns).min().unwrap_or(0),
+                start: group
+                    .iter()
+                    .map(|&(_, i)| threads[i].start_ns)
+                    .min()
+                    .unwrap_or(0),
                 ..ProcessSample::default()
             };
             for &(_, i) in group {
