@@ -21,7 +21,7 @@ use crate::{
     },
     snapshot::{
         AllocEntry, AllocInfo, AllocOrigin, CpuSourceKind, CpuWait, Health, PressureSeconds,
-        ProcessChurn, Snapshot, TaskExtra, TaskInfo, TaskPressure,
+        ProcessChurn, Snapshot, SnapshotStore, TaskExtra, TaskInfo, TaskPressure,
     },
 };
 

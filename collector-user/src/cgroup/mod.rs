@@ -18,19 +18,16 @@ mod watch;
 
 use std::{io, path::PathBuf};
 
-pub use discover::{
-    descendants, DiscoveredTask, Discovery, FoundCgroup, NomadLayout, NomadParents,
-    MAX_DESCENDANT_DEPTH,
-};
+pub use discover::{DiscoveredTask, Discovery, FoundCgroup, NomadLayout, NomadParents};
 pub use mounts::{CgroupMounts, Hierarchies, HostKind, V1_CONTROLLERS};
+pub use stats::{
+    descendants, CgroupCpuUsage, CgroupDir, CpuFigures, CpuMax, CpuStat, Limit, MemoryFigures,
+    MemoryStat, Pressure, PressureTotals, TaskCgroups, ThrottleFigures, MAX_DESCENDANT_DEPTH,
+};
 /// The control-file parsers behind [`CgroupDir`]'s readers, for the fuzz targets.
 pub use stats::{
     parse_cpu_max, parse_cpu_stat, parse_limit, parse_memory_stat, parse_oom_kill, parse_pressure,
     parse_procs, parse_u64, v1_bytes_limit,
-};
-pub use stats::{
-    CgroupCpuUsage, CgroupDir, CpuFigures, CpuMax, CpuStat, Limit, MemoryFigures, MemoryStat,
-    Pressure, PressureTotals, TaskCgroups, ThrottleFigures,
 };
 
 /// Why a cgroup could not be read.

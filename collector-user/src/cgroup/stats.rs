@@ -19,7 +19,7 @@ use std::{
 
 use tracing::debug;
 
-use super::{control_files::ControlFiles, discover, CgroupError};
+use super::{control_files::ControlFiles, CgroupError};
 use crate::{
     fsutil::{fd_inode, open_beneath, read_fd_into, Tree},
     model::measured,
@@ -335,6 +335,44 @@ pub fn parse_procs(text: &str, out: &mut Vec<u32>) -> Result<(), String> {
     Ok(())
 }
 
+/// How deep [`descendants`] looks below a task cgroup. Tasks rarely nest cgroups at all;
+/// the bound keeps a pathological tree from costing unbounded work per scan.
+pub const MAX_DESCENDANT_DEPTH: usize = 8;
+
+/// The task cgroups below a task cgroup: (absolute path, inode), depth-first, at most
+/// [`MAX_DESCENDANT_DEPTH`] levels down. A child that vanishes while being walked is
+/// skipped; `rel` itself vanishing is [`CgroupError::Vanished`].
+pub fn descendants(tree: &Tree, rel: &Path) -> Result<Vec<(PathBuf, u64)>, CgroupError> {
+    let abs = || tree.path().join(rel);
+    let top = tree
+        .subdirs_with_inodes(rel)
+        .map_err(|err| match err.raw_os_error() {
+            Some(libc::ENOENT | libc::ENODEV | libc::ENOTDIR) => CgroupError::Vanished(abs()),
+            _ => CgroupError::Io {
+                path: abs(),
+                source: err,
+            },
+        })?;
+    let mut out = Vec::new();
+    let mut stack: Vec<(PathBuf, u64, usize)> = top
+        .into_iter()
+        .map(|d| (rel.join(d.name), d.inode, 1))
+        .collect();
+    while let Some((child, inode, depth)) = stack.pop() {
+        if depth < MAX_DESCENDANT_DEPTH {
+            if let Ok(grandchildren) = tree.subdirs_with_inodes(&child) {
+                stack.extend(
+                    grandchildren
+                        .into_iter()
+                        .map(|d| (child.join(d.name), d.inode, depth + 1)),
+                );
+            }
+        }
+        out.push((tree.path().join(&child), inode));
+    }
+    Ok(out)
+}
+
 /// One cgroup directory: the hierarchy it lives in (shared) and its path inside it.
 #[derive(Clone, Debug)]
 pub struct CgroupDir {
@@ -419,9 +457,9 @@ impl CgroupDir {
         }
     }
 
-    /// Child cgroups, recursively (see [`discover::descendants`]).
+    /// Child cgroups, recursively (see [`descendants`]).
     pub fn descendants(&self) -> Result<Vec<(PathBuf, u64)>, CgroupError> {
-        discover::descendants(&self.tree, &self.rel)
+        descendants(&self.tree, &self.rel)
     }
 
     /// Maps an error on the directory itself.

@@ -17,7 +17,6 @@ pub mod ebpf;
 pub mod fastmap;
 pub mod rates;
 pub mod runner;
-pub mod sample;
 pub mod tasks;
 #[cfg(test)]
 mod tests;
@@ -37,7 +36,6 @@ use self::{
     ebpf::EbpfSource,
     fastmap::FastMap,
     rates::{total_ticks, CounterTrack, CpuRates},
-    sample::{KernelCounters, ProcessSample},
     tasks::{Members, TaskEntry, TaskKey, TaskSet},
 };
 use crate::{
@@ -45,6 +43,7 @@ use crate::{
     config::{Config, SourceChoice, StaticAllocation},
     kernel::{Attribution, KernelOptions, ThreadStateChoice, ThreadStateStore},
     procfs::{HostReader, ProcReader},
+    sample::{self, KernelCounters, ProcessSample},
     snapshot::{AllocEntry, AllocInfo, CpuSourceKind, Health, Snapshot, TaskInfo},
 };
 

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use super::sample::CpuTimes;
+use crate::sample::CpuTimes;
 
 /// CPU figures over one interval, in percent of one core.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
