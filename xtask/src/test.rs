@@ -32,11 +32,21 @@ pub fn run(filter: Option<&str>, lint: bool, vm: bool) -> Result<()> {
             cargo().args(["fmt", "--all", "--", "--check"]),
         )?;
         step(
-            "clippy, user side (-D warnings)",
-            cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]),
+            "clippy, user side (-D warnings, documented unsafe)",
+            cargo().args([
+                "clippy",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+                "-D",
+                "clippy::undocumented_unsafe_blocks",
+                "-D",
+                "clippy::multiple_unsafe_ops_per_block",
+            ]),
         )?;
         step(
-            "clippy, eBPF side (-D warnings)",
+            "clippy, eBPF side (-D warnings, documented unsafe)",
             Command::new("cargo").current_dir(workspace_root()).args([
                 "+nightly",
                 "clippy",
@@ -51,6 +61,10 @@ pub fn run(filter: Option<&str>, lint: bool, vm: bool) -> Result<()> {
                 "--",
                 "-D",
                 "warnings",
+                "-D",
+                "clippy::undocumented_unsafe_blocks",
+                "-D",
+                "clippy::multiple_unsafe_ops_per_block",
             ]),
         )?;
     }
