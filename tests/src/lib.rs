@@ -984,15 +984,6 @@ impl Drop for Pins {
     }
 }
 
-/// Ids of the loaded programs named `name` (as the kernel truncates names: 15 bytes).
-pub fn programs_named(name: &str) -> Vec<u32> {
-    aya::programs::loaded_programs()
-        .flatten()
-        .filter(|p| p.name_as_str() == Some(name))
-        .map(|p| p.id())
-        .collect()
-}
-
 /// A task's `Percent` averaged over `readings` consecutive snapshots, and the true CPU
 /// rate of its cgroup ([`Cgroup::cpu_usage_ns`]) over the same window, in percent of one core.
 /// Comparing the two holds on a busy machine, where "a busy loop reads 100%" does not.

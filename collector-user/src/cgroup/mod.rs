@@ -21,8 +21,8 @@ use std::{io, path::PathBuf};
 pub use discover::{DiscoveredTask, Discovery, FoundCgroup, NomadLayout, NomadParents};
 pub use mounts::{CgroupMounts, Hierarchies, HostKind, V1_CONTROLLERS};
 pub use stats::{
-    descendants, CgroupCpuUsage, CgroupDir, CpuFigures, CpuMax, CpuStat, Limit, MemoryFigures,
-    MemoryStat, Pressure, PressureTotals, TaskCgroups, ThrottleFigures, MAX_DESCENDANT_DEPTH,
+    descendants, CgroupDir, CpuMax, CpuStat, Limit, MemoryFigures, MemoryStat, Pressure,
+    PressureTotals, TaskCgroups, ThrottleFigures, MAX_DESCENDANT_DEPTH,
 };
 /// The control-file parsers behind [`CgroupDir`]'s readers, for the fuzz targets.
 pub use stats::{

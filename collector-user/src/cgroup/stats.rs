@@ -1,5 +1,5 @@
-//! Per-task cgroup readers: memory, CPU throttling, the cgroup's own CPU counter and its
-//! member PIDs, mapped to Nomad's figures as in spec §3.
+//! Per-task cgroup readers: memory, CPU throttling, pressure and member PIDs, mapped to
+//! Nomad's figures as in spec §3.
 //!
 //! A [`CgroupDir`] has one `read_<file>()` per control file. Each returns `Ok(None)` when
 //! the file does not exist (a kernel without that feature, a v2 controller not enabled)
@@ -163,21 +163,6 @@ impl ThrottleFigures {
         }
         out
     }
-}
-
-/// The cgroup's own cumulative CPU time, ns: a check on the per-thread accounting.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CgroupCpuUsage {
-    pub total_ns: u64,
-    pub user_ns: Option<u64>,
-    pub system_ns: Option<u64>,
-}
-
-/// [`TaskCgroups::read_cpu`]: usage and throttling from one read of each file.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CpuFigures {
-    pub usage: Option<CgroupCpuUsage>,
-    pub throttling: ThrottleFigures,
 }
 
 /// The cumulative totals of one PSI file (`cpu.pressure`, `memory.pressure`,
@@ -537,18 +522,6 @@ impl CgroupDir {
         self.read_file("cpu.stat", parse_cpu_stat)
     }
 
-    /// v2 `cpu.max`: quota (`max` = none) and period.
-    pub fn read_cpu_max(&self) -> Result<Option<CpuMax>, CgroupError> {
-        self.read_file("cpu.max", parse_cpu_max)
-    }
-
-    /// v1 `memory.limit_in_bytes`; the kernel's "unlimited" value reads as [`Limit::Max`].
-    pub fn read_memory_limit_in_bytes(&self) -> Result<Option<Limit>, CgroupError> {
-        self.read_file("memory.limit_in_bytes", |t| {
-            parse_u64(t).map(v1_bytes_limit)
-        })
-    }
-
     /// v2 `cpu.pressure`, `memory.pressure`, `io.pressure` (absent without PSI).
     pub fn read_pressure(&self, resource: &str) -> Result<Option<PressureTotals>, CgroupError> {
         let file = match resource {
@@ -571,14 +544,6 @@ impl CgroupDir {
             .flatten())
     }
 
-    /// v1 `cpu.cfs_quota_us`; `-1` (no quota) reads as [`Limit::Max`].
-    pub fn read_cpu_cfs_quota_us(&self) -> Result<Option<Limit>, CgroupError> {
-        self.read_file("cpu.cfs_quota_us", |t| match t.trim() {
-            "-1" => Ok(Limit::Max),
-            t => parse_u64(t).map(Limit::Value),
-        })
-    }
-
     /// Appends the PIDs of this cgroup alone (not its descendants) to `out`.
     pub fn read_cgroup_procs(&self, out: &mut Vec<u32>) -> Result<Option<()>, CgroupError> {
         self.read_file("cgroup.procs", |t| parse_procs(t, out))
@@ -595,30 +560,12 @@ impl CgroupDir {
         read_memory_kmem_usage_in_bytes => "memory.kmem.usage_in_bytes", parse_u64, u64;
         /// v1 `memory.kmem.max_usage_in_bytes`.
         read_memory_kmem_max_usage_in_bytes => "memory.kmem.max_usage_in_bytes", parse_u64, u64;
-        /// v1 `cpu.cfs_period_us`.
-        read_cpu_cfs_period_us => "cpu.cfs_period_us", parse_u64, u64;
-        /// v1 `cpuacct.usage`, ns.
-        read_cpuacct_usage => "cpuacct.usage", parse_u64, u64;
-        /// v1 `cpuacct.usage_user`, ns (kernel >= 4.7).
-        read_cpuacct_usage_user => "cpuacct.usage_user", parse_u64, u64;
-        /// v1 `cpuacct.usage_sys`, ns (kernel >= 4.7).
-        read_cpuacct_usage_sys => "cpuacct.usage_sys", parse_u64, u64;
         /// v2 `memory.current`.
         read_memory_current => "memory.current", parse_u64, u64;
         /// v2 `memory.peak` (kernel >= 5.19).
         read_memory_peak => "memory.peak", parse_u64, u64;
         /// v2 `memory.swap.current`.
         read_memory_swap_current => "memory.swap.current", parse_u64, u64;
-        /// v2 `memory.max`.
-        read_memory_max => "memory.max", parse_limit, Limit;
-        /// v2 `memory.high`.
-        read_memory_high => "memory.high", parse_limit, Limit;
-        /// v2 `memory.swap.max`.
-        read_memory_swap_max => "memory.swap.max", parse_limit, Limit;
-        /// `pids.max` (v1 pids controller or v2).
-        read_pids_max => "pids.max", parse_limit, Limit;
-        /// `pids.current`.
-        read_pids_current => "pids.current", parse_u64, u64;
     }
 
     /// Appends the PIDs of this cgroup and of its descendants to `out`. Descendants that
@@ -703,26 +650,6 @@ fn v2_throttling(stat: Option<CpuStat>) -> ThrottleFigures {
     }
 }
 
-fn v2_usage(stat: Option<CpuStat>) -> Option<CgroupCpuUsage> {
-    let stat = stat?;
-    Some(CgroupCpuUsage {
-        total_ns: stat.usage_usec?.saturating_mul(1000),
-        user_ns: stat.user_usec.map(|us| us.saturating_mul(1000)),
-        system_ns: stat.system_usec.map(|us| us.saturating_mul(1000)),
-    })
-}
-
-fn v1_usage(dir: &CgroupDir) -> Result<Option<CgroupCpuUsage>, CgroupError> {
-    let Some(total_ns) = dir.read_cpuacct_usage()? else {
-        return Ok(None);
-    };
-    Ok(Some(CgroupCpuUsage {
-        total_ns,
-        user_ns: dir.read_cpuacct_usage_user()?,
-        system_ns: dir.read_cpuacct_usage_sys()?,
-    }))
-}
-
 impl TaskCgroups {
     /// Memory figures (spec §3): v1 memory controller if the task has it, else v2; all
     /// `None` when neither has memory accounting.
@@ -741,33 +668,6 @@ impl TaskCgroups {
             (None, Some(dir)) => Ok(v2_throttling(dir.read_cpu_stat()?)),
             (None, None) => Ok(ThrottleFigures::default()),
         }
-    }
-
-    /// The cgroup's own CPU time: v1 `cpuacct.usage*`, else v2 `cpu.stat` (present in
-    /// every v2 cgroup, controllers or not).
-    pub fn read_cpu_usage(&self) -> Result<Option<CgroupCpuUsage>, CgroupError> {
-        match (&self.cpuacct, &self.v2) {
-            (Some(dir), _) => v1_usage(dir),
-            (None, Some(dir)) => Ok(v2_usage(dir.read_cpu_stat()?)),
-            (None, None) => Ok(None),
-        }
-    }
-
-    /// Usage and throttling together; on v2 `cpu.stat` is read once for both.
-    pub fn read_cpu(&self) -> Result<CpuFigures, CgroupError> {
-        if self.cpu.is_none() && self.cpuacct.is_none() {
-            if let Some(dir) = &self.v2 {
-                let stat = dir.read_cpu_stat()?;
-                return Ok(CpuFigures {
-                    usage: v2_usage(stat),
-                    throttling: v2_throttling(stat),
-                });
-            }
-        }
-        Ok(CpuFigures {
-            usage: self.read_cpu_usage()?,
-            throttling: self.read_throttling()?,
-        })
     }
 
     /// Pressure stall totals, cgroup v2 only (the files do not exist on v1).

@@ -85,10 +85,6 @@ impl CounterTrack {
         self.last = Some((identity, cur, at));
         rates
     }
-
-    pub fn has_reading(&self) -> bool {
-        self.last.is_some()
-    }
 }
 
 #[cfg(test)]
