@@ -14,7 +14,7 @@ use std::{
 
 use tracing::{debug, warn};
 
-use super::{stats::CgroupDir, TaskCgroups};
+use super::{dir::CgroupDir, task::TaskCgroups};
 use crate::{
     fsutil::Tree,
     procfs::mountinfo::{unescape_path, MountInfoLine},
