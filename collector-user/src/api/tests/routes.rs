@@ -32,6 +32,56 @@ async fn stats_have_every_seed_key_at_every_level() {
     assert!(!resp.body().contains(&b'\n'));
 }
 
+/// The example response on Nomad's API page for this endpoint, as the project's seed
+/// page (`shared/seed/allocation-stats-api.md`) has it, copied here verbatim so that the
+/// test does not depend on a path outside the repository.
+const SEED_STATS: &str = include_str!("seed-allocation-stats.json");
+
+/// Every key of `seed` is in `ours`, at every level, with a value of the same JSON kind,
+/// and every name a seed `Measured` list has is in ours. Under `Tasks` and `Pids`, maps
+/// keyed by task name and by PID, the seed's entries give the shape every one of ours
+/// must have.
+fn assert_has_seed_shape(seed: &Value, ours: &Value, path: &str) {
+    match (seed, ours) {
+        (Value::Object(seed_map), Value::Object(our_map)) => {
+            if path.ends_with(".Tasks") || path.ends_with(".Pids") {
+                assert!(!our_map.is_empty(), "{path}: none of ours to compare");
+                for shape in seed_map.values() {
+                    for (key, mine) in our_map {
+                        assert_has_seed_shape(shape, mine, &format!("{path}.{key}"));
+                    }
+                }
+            } else {
+                for (key, value) in seed_map {
+                    let mine = our_map
+                        .get(key)
+                        .unwrap_or_else(|| panic!("{path}: no {key:?} in {ours}"));
+                    assert_has_seed_shape(value, mine, &format!("{path}.{key}"));
+                }
+            }
+        }
+        (Value::Array(seed_items), Value::Array(our_items)) => {
+            for item in seed_items {
+                assert!(our_items.contains(item), "{path}: no {item} in {ours}");
+            }
+        }
+        (Value::Number(_), Value::Number(_))
+        | (Value::String(_), Value::String(_))
+        | (Value::Bool(_), Value::Bool(_)) => {}
+        _ => panic!("{path}: the seed has {seed}, ours is {ours}"),
+    }
+}
+
+#[tokio::test]
+async fn stats_have_the_seed_pages_shape() {
+    let seed: Value = serde_json::from_str(SEED_STATS).expect("the seed page's JSON decodes");
+    assert_keys(&seed, &["ResourceUsage", "Tasks", "Timestamp"]);
+    let state = state(Acl::disabled());
+    let resp = get(&state, &format!("/v1/client/allocation/{ALLOC}/stats")).await;
+    assert_eq!(resp.status(), 200);
+    assert_has_seed_shape(&seed, &json(&resp), "$");
+}
+
 #[tokio::test]
 async fn stats_task_filter_and_pretty() {
     let state = state(Acl::disabled());
