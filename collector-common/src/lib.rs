@@ -217,11 +217,23 @@ const _: () = {
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // SAFETY: plain-old-data, #[repr(C)], no padding bytes left implicit.
+    // aya::Pod asks for a `Copy` type with no padding and any bit pattern valid. Each
+    // type below is `#[repr(C)]`, `Copy`, and made of integers only; its size is asserted
+    // above to be the sum of its fields', so no byte is implicit padding.
+
+    // SAFETY: 24 `u32` offsets, 96 bytes: no padding, every bit pattern a valid value.
     unsafe impl aya::Pod for KernelLayout {}
+    // SAFETY: `u32` slot, `u32` explicit `_pad`, `u64` since_ns: 16 bytes, no padding,
+    // every bit pattern valid.
     unsafe impl aya::Pod for TrackedCgroup {}
+    // SAFETY: seven `u64` counters, 56 bytes: no padding, every bit pattern valid.
     unsafe impl aya::Pod for CgroupCpu {}
+    // SAFETY: six `u64` then two `u32`, 56 bytes: no padding, every bit pattern valid.
     unsafe impl aya::Pod for ThreadState {}
+    // SAFETY: a `ThreadState` (Pod, above: 56 bytes, 8-aligned) then a `u64`, 64 bytes:
+    // no padding, every bit pattern valid.
     unsafe impl aya::Pod for ThreadEntry {}
+    // SAFETY: two `u32`, seven `u64`, two `i64`, two `u32`, 88 bytes, each field at an
+    // offset that is a multiple of its size: no padding, every bit pattern valid.
     unsafe impl aya::Pod for ThreadSample {}
 }

@@ -23,11 +23,15 @@ use crate::{
 fn slot_of<S: ThreadStore<Direct>>(task: Task<Direct>) -> u32 {
     let state = S::peek(task);
     if !state.is_null() {
-        // SAFETY: a non-null state is the thread's, valid while the program runs; its
-        // owner may be rewriting it on another CPU, but each field is an aligned word
-        // and a rewrite stores the attribution of the same css_set and generation.
-        let (generation_then, css_set, slot) =
-            unsafe { ((*state).generation, (*state).css_set, (*state).slot) };
+        // SAFETY: (this read and the next two) a non-null state is the thread's, valid while the
+        // program runs; its owner may be rewriting it on another CPU, but each field is
+        // an aligned word and a rewrite stores the attribution of the same css_set and
+        // generation.
+        let generation_then = unsafe { (*state).generation };
+        // SAFETY: as above.
+        let css_set = unsafe { (*state).css_set };
+        // SAFETY: as above.
+        let slot = unsafe { (*state).slot };
         if generation_then == generation() && css_set == task.css_set() {
             return slot;
         }
@@ -44,8 +48,10 @@ pub unsafe fn try_tracked_threads<S: ThreadStore<Direct>>(ctx: *mut c_void) {
     let ctx = ctx as *const *const u8;
     // SAFETY: ctx is a bpf_iter__task (the caller's contract): its first field.
     let meta = unsafe { *ctx };
+    // SAFETY: as above: the address of its second field, inside the struct.
+    let second = unsafe { ctx.add(1) };
     // SAFETY: as above: its second field.
-    let task = unsafe { *ctx.add(1) };
+    let task = unsafe { *second };
     if task.is_null() {
         return; // end of iteration
     }

@@ -38,14 +38,15 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 #[inline(always)]
 pub fn tracked_cgroup<A: Access>(task: Task<A>) -> TrackedCgroup {
     let (v1, v2) = task.cgroup_ids();
-    // SAFETY (both lookups): the entry is copied out at once; the daemon may delete it
-    // meanwhile, and a non-preallocated element is freed only after an RCU grace period.
     if v1 != 0 {
+        // SAFETY: the entry is copied out at once; the daemon may delete it meanwhile,
+        // and a non-preallocated element is freed only after an RCU grace period.
         if let Some(entry) = unsafe { TRACKED_CGROUPS.get(v1) } {
             return *entry;
         }
     }
     if v2 != 0 {
+        // SAFETY: as for `v1` above: copied out at once, freed only after a grace period.
         if let Some(entry) = unsafe { TRACKED_CGROUPS.get(v2) } {
             return *entry;
         }

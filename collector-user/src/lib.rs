@@ -4,6 +4,10 @@
 //! `collect` turns two samples into rates, assembles Nomad's shapes (`model`) and
 //! publishes them as an immutable `snapshot`; `api` serves snapshots over HTTP. `top`
 //! is the live terminal view, a client of that API.
+//!
+//! Imports follow that direction and never loop back, between top-level modules and
+//! between the files of one directory (checked by `tests/import_graph.rs`; the order
+//! is in the README's layout section).
 pub mod api;
 pub mod cgroup;
 pub mod collect;
@@ -12,6 +16,7 @@ pub mod fsutil;
 pub mod kernel;
 pub mod model;
 pub mod procfs;
+pub mod sample;
 pub mod security;
 pub mod snapshot;
 pub mod top;

@@ -114,10 +114,27 @@ fn to_toml(c: &Config) -> String {
             "data_dirs",
             Some(Value::Array(c.data_dirs.iter().map(|d| path(d)).collect())),
         ),
-        ("cgroup_refresh", Some(duration(c.cgroup_refresh))),
-        ("detail_for", Some(duration(c.detail_for))),
-        ("detail_all", Some(Value::Boolean(c.detail_all))),
+        // Retired settings: accepted with any value and ignored; written back as set.
+        (
+            "cgroup_refresh",
+            c.cgroup_refresh.map(|_| Value::Boolean(true)),
+        ),
+        ("detail_for", c.detail_for.map(|_| Value::Boolean(true))),
+        ("detail_all", c.detail_all.map(|_| Value::Boolean(true))),
         ("log_format", Some(Value::String(log_format.to_owned()))),
+        (
+            "nomad",
+            Some(table([
+                (
+                    "cgroup_parent_v1",
+                    Some(Value::String(c.nomad.cgroup_parent_v1.clone())),
+                ),
+                (
+                    "cgroup_parent_v2",
+                    Some(Value::String(c.nomad.cgroup_parent_v2.clone())),
+                ),
+            ])),
+        ),
         (
             "ebpf",
             Some(table([
@@ -127,6 +144,11 @@ fn to_toml(c: &Config) -> String {
                     "attribution",
                     Some(Value::String(c.ebpf.attribution.clone())),
                 ),
+                (
+                    "thread_state",
+                    Some(Value::String(c.ebpf.thread_state.clone())),
+                ),
+                ("max_threads", Some(int(c.ebpf.max_threads))),
             ])),
         ),
         (

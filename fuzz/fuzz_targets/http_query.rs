@@ -2,7 +2,7 @@
 //! `percent_decode`, `decode_path_segment`. What decodes must encode back to itself.
 #![no_main]
 
-use collector_user::api::filters::{decode_path_segment, percent_decode, Params};
+use collector_user::api::models::{decode_path_segment, percent_decode, Params};
 use libfuzzer_sys::fuzz_target;
 
 /// Percent-encodes every byte but the unreserved ones.

@@ -37,15 +37,17 @@ fn in_ci() -> bool {
 /// when a test checks the measurement of one full core (or of a fair half), not the
 /// scheduler's fairness.
 pub fn favoured(cmd: &mut Command) -> &mut Command {
-    // SAFETY: setpriority is async-signal-safe; it applies to the child and what it
-    // executes.
+    let hook = || {
+        // SAFETY: setpriority takes plain integers; async-signal-safe.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -10) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only calls setpriority, which is async-signal-safe; it applies to
+    // the child and what it executes.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::setpriority(libc::PRIO_PROCESS, 0, -10) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(hook);
     }
     cmd
 }
@@ -480,23 +482,27 @@ impl Cgroup {
             })
             .collect();
         procs_files.dedup();
-        // SAFETY: the closure only calls async-signal-safe libc functions on data
-        // prepared before fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                for file in &procs_files {
-                    let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
-                    if written != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
+        let hook = move || {
+            for file in &procs_files {
+                // SAFETY: a NUL-terminated path prepared before fork; async-signal-safe.
+                let fd = unsafe { libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
-            });
+                // SAFETY: one byte from a static buffer to the descriptor opened above.
+                let written = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+                // SAFETY: closes the descriptor opened above, once.
+                unsafe { libc::close(fd) };
+                if written != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        };
+        // SAFETY: the hook only calls async-signal-safe libc functions on data prepared
+        // before fork.
+        unsafe {
+            cmd.pre_exec(hook);
         }
         ChildGuard(Some(cmd.spawn().expect("spawn workload")))
     }
@@ -725,17 +731,21 @@ impl Daemon {
             .stdout(Stdio::from(log_file.try_clone().unwrap()))
             .stderr(Stdio::from(log_file));
         if let Some(uid) = uid {
+            let hook = move || {
+                // SAFETY: an empty group list (no pointer read); async-signal-safe.
+                if unsafe { libc::setgroups(0, std::ptr::null()) } != 0
+                    // SAFETY: a plain integer; async-signal-safe.
+                    || unsafe { libc::setgid(uid) } != 0
+                    // SAFETY: a plain integer; async-signal-safe.
+                    || unsafe { libc::setuid(uid) } != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            };
             // SAFETY: only async-signal-safe calls between fork and exec.
             unsafe {
-                cmd.pre_exec(move || {
-                    if libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setgid(uid) != 0
-                        || libc::setuid(uid) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
+                cmd.pre_exec(hook);
             }
         }
         let child = cmd.spawn().expect("start the daemon");
@@ -972,15 +982,6 @@ impl Drop for Pins {
     fn drop(&mut self) {
         self.uninstall();
     }
-}
-
-/// Ids of the loaded programs named `name` (as the kernel truncates names: 15 bytes).
-pub fn programs_named(name: &str) -> Vec<u32> {
-    aya::programs::loaded_programs()
-        .flatten()
-        .filter(|p| p.name_as_str() == Some(name))
-        .map(|p| p.id())
-        .collect()
 }
 
 /// A task's `Percent` averaged over `readings` consecutive snapshots, and the true CPU

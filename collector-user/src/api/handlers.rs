@@ -9,7 +9,7 @@ use warp::{
     reply::Response,
 };
 
-use super::{errors::ApiError, filters::Params, metrics, ApiState};
+use super::{errors::ApiError, metrics, models::Params, state::ApiState};
 use crate::snapshot::{AllocInfo, Snapshot};
 
 /// Body of `GET /v1/agent/health`.

@@ -13,19 +13,18 @@
 //! | `GET /v1/metrics[?format=prometheus]` | go-metrics JSON or Prometheus text |
 //! | `GET /v1/agent/health` | liveness, never behind a token |
 
-use std::{convert::Infallible, sync::Arc};
+use std::convert::Infallible;
 
-use arc_swap::ArcSwap;
 use warp::{Filter, Reply};
-
-use crate::snapshot::SnapshotStore;
 
 pub mod acl;
 pub mod errors;
 pub mod filters;
 pub mod handlers;
 pub mod metrics;
+pub mod models;
 pub mod server;
+pub mod state;
 
 #[cfg(test)]
 mod tests;
@@ -33,38 +32,7 @@ mod tests;
 pub use acl::Acl;
 pub use errors::ApiError;
 pub use server::{load_tls, serve, TlsError};
-
-/// What the handlers read: the snapshot store, and the tokens (swappable at run time);
-/// the `host` label of metrics. Handlers only read: nothing here reaches the collector.
-#[derive(Clone)]
-pub struct ApiState {
-    pub store: Arc<SnapshotStore>,
-    pub acl: Arc<ArcSwap<Acl>>,
-    /// The node's hostname, as Nomad labels its metrics.
-    pub host: Arc<str>,
-}
-
-impl ApiState {
-    /// Metrics are labelled with this node's hostname (see [`ApiState::with_host`]).
-    pub fn new(store: Arc<SnapshotStore>, acl: Acl) -> Self {
-        Self {
-            store,
-            acl: Arc::new(ArcSwap::from_pointee(acl)),
-            host: metrics::hostname().into(),
-        }
-    }
-
-    /// Labels the metrics with `host` instead of the hostname (tests, fixed output).
-    pub fn with_host(mut self, host: &str) -> Self {
-        self.host = host.into();
-        self
-    }
-
-    /// Replaces the accepted tokens (on SIGHUP); applies from the next request on.
-    pub fn set_acl(&self, acl: Acl) {
-        self.acl.store(Arc::new(acl));
-    }
-}
+pub use state::ApiState;
 
 /// The whole API, errors recovered: what [`server::serve`] runs and tests call with
 /// `warp::test::request()`.

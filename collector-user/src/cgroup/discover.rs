@@ -21,17 +21,11 @@ use std::{
 
 use tracing::{debug, warn};
 
-use super::{
-    mounts::Hierarchies, watch::DirWatch, CgroupDir, CgroupError, CgroupMounts, TaskCgroups,
-};
+use super::{mounts::Hierarchies, watch::DirWatch, CgroupDir, CgroupMounts, TaskCgroups};
 use crate::{
     config::is_alloc_id,
     fsutil::{inode_set_fingerprint, SubDir, Tree},
 };
-
-/// How deep [`descendants`] looks below a task cgroup. Tasks rarely nest cgroups at all;
-/// the bound keeps a pathological tree from costing unbounded work per scan.
-pub const MAX_DESCENDANT_DEPTH: usize = 8;
 
 /// v1 controllers whose Nomad task cgroups are looked for.
 const SCANNED_V1: &[&str] = &["cpu", "cpuacct", "cpuset", "freezer", "memory", "pids"];
@@ -124,40 +118,6 @@ fn split_task_name<'a>(name: &'a str, sep: char, suffix: &str) -> Option<(&'a st
     let alloc = name.get(..36)?;
     let task = name.get(36..)?.strip_prefix(sep)?;
     (is_alloc_id(alloc) && !task.is_empty()).then_some((alloc, task))
-}
-
-/// The task cgroups below a task cgroup: (absolute path, inode), depth-first, at most
-/// [`MAX_DESCENDANT_DEPTH`] levels down. A child that vanishes while being walked is
-/// skipped; `rel` itself vanishing is [`CgroupError::Vanished`].
-pub fn descendants(tree: &Tree, rel: &Path) -> Result<Vec<(PathBuf, u64)>, CgroupError> {
-    let abs = || tree.path().join(rel);
-    let top = tree
-        .subdirs_with_inodes(rel)
-        .map_err(|err| match err.raw_os_error() {
-            Some(libc::ENOENT | libc::ENODEV | libc::ENOTDIR) => CgroupError::Vanished(abs()),
-            _ => CgroupError::Io {
-                path: abs(),
-                source: err,
-            },
-        })?;
-    let mut out = Vec::new();
-    let mut stack: Vec<(PathBuf, u64, usize)> = top
-        .into_iter()
-        .map(|d| (rel.join(d.name), d.inode, 1))
-        .collect();
-    while let Some((child, inode, depth)) = stack.pop() {
-        if depth < MAX_DESCENDANT_DEPTH {
-            if let Ok(grandchildren) = tree.subdirs_with_inodes(&child) {
-                stack.extend(
-                    grandchildren
-                        .into_iter()
-                        .map(|d| (child.join(d.name), d.inode, depth + 1)),
-                );
-            }
-        }
-        out.push((tree.path().join(&child), inode));
-    }
-    Ok(out)
 }
 
 /// A legacy (1.3–1.6, v1) cgroup named by a bare UUID, awaiting identification.
@@ -346,7 +306,20 @@ impl Discovery {
 
     /// The readers for a discovered task.
     pub fn task_cgroups(&self, task: &DiscoveredTask) -> TaskCgroups {
-        self.hierarchies.task_cgroups(task)
+        let hierarchies = &self.hierarchies;
+        let v1 = |controller: &str| {
+            let found = task.v1.get(controller)?;
+            Hierarchies::dir_in(hierarchies.v1(controller)?, &found.path)
+        };
+        TaskCgroups {
+            memory: v1("memory"),
+            cpu: v1("cpu"),
+            cpuacct: v1("cpuacct"),
+            v2: task
+                .v2
+                .as_ref()
+                .and_then(|found| Hierarchies::dir_in(hierarchies.v2()?, &found.path)),
+        }
     }
 
     /// Lists `rel` in `tree`; a directory that does not exist is simply empty. Notes the

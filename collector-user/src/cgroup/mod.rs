@@ -1,6 +1,8 @@
 //! Cgroup hierarchies: where they are mounted ([`mounts`]), where Nomad put each task's
-//! cgroups ([`discover`]), and the memory, throttling and CPU counters read from them
-//! ([`stats`]), through control files kept open ([`control_files`]).
+//! cgroups ([`discover`]), and the memory, throttling and pressure counters read from
+//! them: one directory's readers ([`dir`]) through control files kept open
+//! ([`control_files`]), parsed by [`parse`] into [`types`], and a task's v1 or v2 files
+//! mapped to Nomad's figures ([`task`]).
 //!
 //! Every file is read through [`crate::fsutil::Tree`], opened once per hierarchy mount,
 //! so a name found in a cgroup directory can never lead a read out of that mount.
@@ -9,28 +11,29 @@
 //! gives [`CgroupError::Vanished`], which callers treat as "task gone", not as a failure.
 
 pub mod control_files;
+mod dir;
 mod discover;
 mod mounts;
-mod stats;
+mod parse;
+mod task;
 #[cfg(test)]
 mod tests;
+mod types;
 mod watch;
 
 use std::{io, path::PathBuf};
 
-pub use discover::{
-    descendants, DiscoveredTask, Discovery, FoundCgroup, NomadLayout, NomadParents,
-    MAX_DESCENDANT_DEPTH,
-};
+pub use dir::{descendants, CgroupDir, MAX_DESCENDANT_DEPTH};
+pub use discover::{DiscoveredTask, Discovery, FoundCgroup, NomadLayout, NomadParents};
 pub use mounts::{CgroupMounts, Hierarchies, HostKind, V1_CONTROLLERS};
 /// The control-file parsers behind [`CgroupDir`]'s readers, for the fuzz targets.
-pub use stats::{
+pub use parse::{
     parse_cpu_max, parse_cpu_stat, parse_limit, parse_memory_stat, parse_oom_kill, parse_pressure,
     parse_procs, parse_u64, v1_bytes_limit,
 };
-pub use stats::{
-    CgroupCpuUsage, CgroupDir, CpuFigures, CpuMax, CpuStat, Limit, MemoryFigures, MemoryStat,
-    Pressure, PressureTotals, TaskCgroups, ThrottleFigures,
+pub use task::TaskCgroups;
+pub use types::{
+    CpuMax, CpuStat, Limit, MemoryFigures, MemoryStat, Pressure, PressureTotals, ThrottleFigures,
 };
 
 /// Why a cgroup could not be read.

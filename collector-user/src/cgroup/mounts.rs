@@ -14,7 +14,7 @@ use std::{
 
 use tracing::{debug, warn};
 
-use super::{discover::DiscoveredTask, stats::CgroupDir, TaskCgroups};
+use super::{dir::CgroupDir, task::TaskCgroups};
 use crate::{
     fsutil::Tree,
     procfs::mountinfo::{unescape_path, MountInfoLine},
@@ -227,26 +227,9 @@ impl Hierarchies {
     }
 
     /// A reader for the absolute cgroup directory `abs` inside `tree`, if it is inside.
-    fn dir_in(tree: &Arc<Tree>, abs: &Path) -> Option<CgroupDir> {
+    pub(super) fn dir_in(tree: &Arc<Tree>, abs: &Path) -> Option<CgroupDir> {
         let rel = abs.strip_prefix(tree.path()).ok()?;
         Some(CgroupDir::new(Arc::clone(tree), rel.to_path_buf()))
-    }
-
-    /// The readers for a task found by discovery.
-    pub fn task_cgroups(&self, task: &DiscoveredTask) -> TaskCgroups {
-        let v1 = |controller: &str| {
-            let found = task.v1.get(controller)?;
-            Self::dir_in(self.v1.get(controller)?, &found.path)
-        };
-        TaskCgroups {
-            memory: v1("memory"),
-            cpu: v1("cpu"),
-            cpuacct: v1("cpuacct"),
-            v2: task
-                .v2
-                .as_ref()
-                .and_then(|found| Self::dir_in(self.v2.as_ref()?, &found.path)),
-        }
     }
 
     /// The readers for a cgroup given by absolute path (a statically configured task).

@@ -504,11 +504,6 @@ fn v1_memory_cpu_and_throttling() {
         "hierarchical total_ lines, swap from memory.stat"
     );
     assert_eq!(m.measured().len(), 8);
-    let memdir = cg.memory.as_ref().unwrap();
-    assert_eq!(
-        memdir.read_memory_limit_in_bytes().unwrap(),
-        Some(Limit::Max)
-    );
     assert_eq!(
         cg.read_throttling().unwrap(),
         ThrottleFigures {
@@ -516,18 +511,7 @@ fn v1_memory_cpu_and_throttling() {
             time_ns: Some(123456)
         }
     );
-    assert_eq!(
-        cg.read_cpu_usage().unwrap(),
-        Some(CgroupCpuUsage {
-            total_ns: 5000000,
-            user_ns: Some(3000000),
-            system_ns: Some(1000000)
-        })
-    );
     let cpu_dir = cg.cpu.as_ref().unwrap();
-    assert_eq!(cpu_dir.read_cpu_cfs_quota_us().unwrap(), Some(Limit::Max));
-    assert_eq!(cpu_dir.read_cpu_cfs_period_us().unwrap(), Some(100000));
-    assert_eq!(cg.read_cpu().unwrap().throttling.periods, Some(7));
     assert_eq!(cg.read_procs().unwrap(), [7, 42]);
     assert_eq!(cpu_dir.inode().unwrap(), inode(&cpu_dir.path()));
 
@@ -557,13 +541,6 @@ fn v1_memory_cpu_and_throttling() {
     fs::remove_file(r.join(format!("{mem}/memory.memsw.usage_in_bytes"))).unwrap();
     let cg = d.task_cgroups(&tasks[0]);
     assert_eq!(cg.read_memory().unwrap().swap, None);
-
-    // No cpuacct.usage_user/sys (old kernels).
-    fs::remove_file(r.join(format!("{cpu}/cpuacct.usage_user"))).unwrap();
-    fs::remove_file(r.join(format!("{cpu}/cpuacct.usage_sys"))).unwrap();
-    let cg = d.task_cgroups(&tasks[0]);
-    let u = cg.read_cpu_usage().unwrap().unwrap();
-    assert_eq!((u.total_ns, u.user_ns, u.system_ns), (5000000, None, None));
 
     // Garbage where a number belongs is a parse error, not a panic.
     write(r, &format!("{mem}/memory.usage_in_bytes"), "lots\n");
@@ -633,40 +610,13 @@ fn v2_memory_cpu_throttling_and_limits() {
     }
     assert_eq!(cg.read_memory().unwrap().max_usage, Some(450));
 
-    let v2 = cg.v2.as_ref().unwrap();
-    assert_eq!(v2.read_memory_max().unwrap(), Some(Limit::Max));
-    assert_eq!(v2.read_memory_max().unwrap().unwrap().value(), None);
-    assert_eq!(v2.read_memory_high().unwrap(), Some(Limit::Max));
     assert_eq!(
-        v2.read_memory_swap_max().unwrap(),
-        Some(Limit::Value(1048576))
-    );
-    assert_eq!(v2.read_pids_max().unwrap(), Some(Limit::Max));
-    assert_eq!(v2.read_pids_current().unwrap(), None);
-    assert_eq!(
-        v2.read_cpu_max().unwrap(),
-        Some(CpuMax {
-            quota_us: Limit::Max,
-            period_us: 100000
-        })
-    );
-
-    let cpu = cg.read_cpu().unwrap();
-    let expected_usage = CgroupCpuUsage {
-        total_ns: 1_500_000,
-        user_ns: Some(1_000_000),
-        system_ns: Some(500_000),
-    };
-    assert_eq!(cpu.usage, Some(expected_usage));
-    assert_eq!(
-        cpu.throttling,
+        cg.read_throttling().unwrap(),
         ThrottleFigures {
             periods: Some(3),
             time_ns: Some(250_000)
         }
     );
-    assert_eq!(cg.read_throttling().unwrap(), cpu.throttling);
-    assert_eq!(cg.read_cpu_usage().unwrap(), Some(expected_usage));
     assert_eq!(cg.read_procs().unwrap(), [9]);
 
     // No cpu controller enabled: cpu.stat has only the usage lines.
@@ -675,10 +625,9 @@ fn v2_memory_cpu_throttling_and_limits() {
         &format!("{dir}/cpu.stat"),
         "usage_usec 10\nuser_usec 6\nsystem_usec 4\n",
     );
-    let cpu = cg.read_cpu().unwrap();
-    assert_eq!(cpu.throttling, ThrottleFigures::default());
-    assert!(cpu.throttling.measured().is_empty());
-    assert_eq!(cpu.usage.unwrap().total_ns, 10_000);
+    let throttling = cg.read_throttling().unwrap();
+    assert_eq!(throttling, ThrottleFigures::default());
+    assert!(throttling.measured().is_empty());
 }
 
 #[test]
@@ -701,12 +650,10 @@ fn v2_without_controllers_reads_all_none() {
     let cg = d.task_cgroups(&tasks[0]);
     assert_eq!(cg.read_memory().unwrap(), MemoryFigures::default());
     assert_eq!(cg.read_throttling().unwrap(), ThrottleFigures::default());
-    assert_eq!(cg.read_cpu_usage().unwrap().unwrap().user_ns, Some(6000));
     assert!(cg.read_procs().unwrap().is_empty());
     // A task with no readers at all.
     let nothing = TaskCgroups::default();
     assert_eq!(nothing.read_memory().unwrap(), MemoryFigures::default());
-    assert_eq!(nothing.read_cpu_usage().unwrap(), None);
     assert!(nothing.read_procs().unwrap().is_empty());
 }
 
@@ -738,8 +685,6 @@ fn cgroup_removed_after_discovery_is_vanished() {
     };
     vanished(cg.read_memory().map(drop));
     vanished(cg.read_throttling().map(drop));
-    vanished(cg.read_cpu_usage().map(drop));
-    vanished(cg.read_cpu().map(drop));
     vanished(cg.read_procs().map(drop));
     vanished(cg.cpu.as_ref().unwrap().inode().map(drop));
     vanished(cg.v2.as_ref().unwrap().descendants().map(drop));
@@ -938,18 +883,24 @@ fn real_kernel_v2_scope_is_discovered_and_read() {
     let cg = d.task_cgroups(task);
     assert_eq!(cg.v2.as_ref().unwrap().inode().unwrap(), found.inode);
     assert_eq!(cg.read_procs().unwrap(), [pid]);
-    let usage = cg
-        .read_cpu_usage()
+    let stat = cg
+        .v2
+        .as_ref()
+        .unwrap()
+        .read_cpu_stat()
         .unwrap()
         .expect("cpu.stat is always in cgroup2");
-    assert!(usage.user_ns.is_some() && usage.system_ns.is_some());
+    assert!(stat.user_usec.is_some() && stat.system_usec.is_some());
     // Whatever controllers are enabled here, reading memory must not fail.
     cg.read_memory().unwrap();
     cg.read_throttling().unwrap();
 
     drop(guard);
     assert!(!scope.exists(), "scope left behind");
-    assert!(matches!(cg.read_cpu_usage(), Err(CgroupError::Vanished(_))));
+    assert!(matches!(
+        cg.read_throttling(),
+        Err(CgroupError::Vanished(_))
+    ));
     assert!(d.scan().iter().all(|t| t.alloc_id != alloc));
 }
 

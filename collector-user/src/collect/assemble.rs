@@ -2,10 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use super::{rates::CpuRates, sample::ProcessMemory};
+use super::rates::CpuRates;
 use crate::{
     cgroup::{MemoryFigures, ThrottleFigures},
     model::{measured, CpuStats, MemoryStats, ResourceUsage, TaskResourceUsage},
+    sample::ProcessMemory,
 };
 
 /// One process's figures for the `Pids` map.

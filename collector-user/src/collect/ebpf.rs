@@ -7,13 +7,13 @@ use std::collections::{HashMap, HashSet};
 use collector_common::{sample_flags, CgroupCpu, ThreadSample, TrackedCgroup};
 use tracing::{info, warn};
 
-use super::{
-    fastmap::FastMap,
+use super::fastmap::FastMap;
+use crate::{
+    kernel::{
+        AttachedPrograms, Attribution, KernelAccounting, KernelError, KernelFeatures,
+        KernelOptions, KernelStats, ProgramRunStats,
+    },
     sample::{CpuTimes, KernelCounters, ProcessMemory, ProcessSample},
-};
-use crate::kernel::{
-    AttachedPrograms, Attribution, KernelAccounting, KernelError, KernelFeatures, KernelOptions,
-    KernelStats, ProgramRunStats,
 };
 
 /// Which counter slots are in use. A slot given up is quarantined until the next

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use super::sample::CpuTimes;
+use crate::sample::CpuTimes;
 
 /// CPU figures over one interval, in percent of one core.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -84,10 +84,6 @@ impl CounterTrack {
         };
         self.last = Some((identity, cur, at));
         rates
-    }
-
-    pub fn has_reading(&self) -> bool {
-        self.last.is_some()
     }
 }
 

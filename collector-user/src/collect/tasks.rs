@@ -14,7 +14,6 @@ use tracing::{debug, info, warn};
 use super::{
     assemble::{PidFigures, TaskFigures},
     rates::{CounterTrack, CpuRates},
-    sample::KernelCounters,
 };
 use crate::{
     cgroup::{
@@ -23,6 +22,7 @@ use crate::{
     },
     config::StaticAllocation,
     kernel::Attribution,
+    sample::KernelCounters,
     snapshot::{AllocOrigin, CpuWait, PressureSeconds, ProcessChurn, TaskExtra, TaskPressure},
 };
 

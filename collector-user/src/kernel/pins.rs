@@ -53,8 +53,10 @@ fn is_bpffs(path: &Path) -> bool {
     let Ok(c_path) = CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
     };
-    // SAFETY: statfs writes into the zeroed struct we own.
+    // SAFETY: `statfs` is plain integers: all zeroes is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is a NUL-terminated string alive for the call; statfs writes
+    // into the struct we own.
     let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
     rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
 }

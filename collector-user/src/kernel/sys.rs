@@ -76,8 +76,9 @@ pub fn iter_create(link: BorrowedFd<'_>) -> io::Result<File> {
 }
 
 /// Reads elements `0..count` of an array map with one `BPF_MAP_LOOKUP_BATCH` (arrays
-/// walk their keys in order, so the first `count` keys are exactly `0..count`).
-pub fn lookup_array_prefix<V: Copy + Default>(
+/// walk their keys in order, so the first `count` keys are exactly `0..count`). The
+/// kernel writes raw bytes into the values: `V: aya::Pod` says any bytes are a `V`.
+pub fn lookup_array_prefix<V: aya::Pod + Default>(
     map: BorrowedFd<'_>,
     count: u32,
     out: &mut Vec<V>,
@@ -108,8 +109,9 @@ pub fn lookup_array_prefix<V: Copy + Default>(
 }
 
 /// Reads every entry of a hash map with `BPF_MAP_LOOKUP_BATCH`, a few syscalls in all
-/// instead of two per entry. Keys and values must be plain-old-data.
-pub fn lookup_batch<K: Copy + Default, V: Copy + Default>(
+/// instead of two per entry. The kernel writes raw bytes into the keys and values:
+/// `aya::Pod` says any bytes are a `K` and a `V`.
+pub fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
     map: BorrowedFd<'_>,
     chunk: u32,
     out: &mut Vec<(K, V)>,

@@ -4,8 +4,6 @@
 
 use std::{borrow::Cow, ffi::OsString, os::unix::ffi::OsStringExt, path::PathBuf};
 
-use super::host::Mount;
-
 /// The fields of one mountinfo line that this crate uses, still escaped as the kernel
 /// wrote them (decode with [`unescape`], [`unescape_str`] or [`unescape_path`]).
 ///
@@ -96,6 +94,14 @@ fn is_beneath(path: &str, mountpoint: &str) -> bool {
         || path
             .strip_prefix(mountpoint)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The mount holding a path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    /// The mount source (`/dev/sda1`, `tmpfs`, …), which gopsutil reports as the device.
+    pub device: String,
+    pub mountpoint: String,
 }
 
 /// The mount of `/proc/<pid>/mountinfo` that holds the absolute, canonical `path`: the

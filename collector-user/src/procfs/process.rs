@@ -22,8 +22,8 @@ use super::{
     page_size,
 };
 use crate::{
-    collect::sample::{CpuTimes, ProcessMemory, ProcessSample},
     fsutil::Tree,
+    sample::{CpuTimes, ProcessMemory, ProcessSample},
 };
 
 /// The fields of `/proc/<pid>/stat` the collector uses (see proc(5) for their meaning).

@@ -12,7 +12,6 @@ pub mod view;
 
 use std::{
     io::IsTerminal,
-    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         mpsc, Arc,
@@ -24,32 +23,10 @@ use ratatui::crossterm::event::{self, Event, KeyEventKind};
 use thiserror::Error;
 use tokio::sync::Notify;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, TopArgs};
 use app::{Action, App};
 use client::{Client, Endpoint, FetchError, SetupError, Trust};
 use model::AllocRow;
-
-/// Options of `nomad-collector top`; unset ones come from the configuration (`-c`).
-#[derive(Clone, Debug, Default, clap::Args)]
-pub struct TopArgs {
-    /// The daemon: host:port, http://host:port or https://host:port [default: the
-    /// configuration's http.listen, https when it sets http.tls_cert].
-    #[arg(long, env = "NOMAD_COLLECTOR_ADDR")]
-    pub addr: Option<String>,
-    /// ACL token [default: the first of the configuration's acl.tokens / tokens_file].
-    #[arg(long, env = "NOMAD_COLLECTOR_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// PEM certificate to trust for https: the daemon's CA, or its own self-signed
-    /// certificate [default: the configuration's http.tls_cert].
-    #[arg(long, conflicts_with = "insecure")]
-    pub ca_cert: Option<PathBuf>,
-    /// Connect over https without checking the daemon's certificate.
-    #[arg(long)]
-    pub insecure: bool,
-    /// Refresh interval, e.g. `2s` [default: the configuration's interval].
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub interval: Option<Duration>,
-}
 
 #[derive(Debug, Error)]
 pub enum TopError {

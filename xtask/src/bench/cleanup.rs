@@ -190,14 +190,17 @@ pub fn teardown_all() {
 /// before any other thread exists. Child processes start with an empty signal mask
 /// (std resets it), so Ctrl-C still reaches them.
 pub fn install_signal_handler() {
-    // SAFETY: sigset operations on a local set; pthread_sigmask on this thread.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
+    let set = {
+        // SAFETY: sigset_t is plain data: all zeroes is a valid value.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: sigset operations on a local set.
+        unsafe { libc::sigemptyset(&mut set) };
         for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, sig);
+            // SAFETY: sigset operations on a local set.
+            unsafe { libc::sigaddset(&mut set, sig) };
         }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        // SAFETY: pthread_sigmask on this thread, with a valid set and no old set asked.
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
         set
     };
     thread::Builder::new()

@@ -25,18 +25,22 @@ impl ChildGuard {
     /// Spawns `cmd`; the child is killed by the kernel if the benchmark dies.
     pub fn spawn(cmd: &mut Command) -> Result<Self> {
         unblock_signals(cmd);
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
+        let hook = || {
+            // SAFETY: prctl takes plain integers; async-signal-safe.
+            unsafe {
                 libc::prctl(
                     libc::PR_SET_PDEATHSIG,
                     libc::SIGKILL as libc::c_ulong,
                     0,
                     0,
                     0,
-                );
-                Ok(())
-            });
+                )
+            };
+            Ok(())
+        };
+        // SAFETY: the hook only calls prctl, which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(hook);
         }
         Self::spawn_raw(cmd)
     }
@@ -98,8 +102,9 @@ impl ChildGuard {
         // The Child is not waited through std: wait4 reaps it here.
         std::mem::forget(child);
         let mut status = 0;
-        // SAFETY: rusage is plain data; all pointers are valid for the call.
+        // SAFETY: rusage is plain data: all zeroes is a valid value.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: all pointers are valid for the call.
         let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
         cleanup::remove_pid(pid);
         if rc < 0 {
@@ -128,14 +133,18 @@ impl Drop for ChildGuard {
 /// its own threads (see `cleanup`), and a child inherits the mask, so without this a
 /// daemon would never see the SIGTERM that stops it.
 pub fn unblock_signals(cmd: &mut Command) {
-    // SAFETY: sigemptyset and pthread_sigmask are async-signal-safe.
+    let hook = || {
+        // SAFETY: sigset_t is plain data: all zeroes is a valid value.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a local set; async-signal-safe.
+        unsafe { libc::sigemptyset(&mut set) };
+        // SAFETY: a valid set, no old set asked; async-signal-safe.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
+        Ok(())
+    };
+    // SAFETY: the hook only calls sigemptyset and pthread_sigmask, async-signal-safe.
     unsafe {
-        cmd.pre_exec(|| {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            Ok(())
-        });
+        cmd.pre_exec(hook);
     }
 }
 

@@ -181,29 +181,36 @@ pub fn in_cgroup(cmd: &mut Command, procs_files: &[PathBuf]) -> Result<()> {
         .map(|p| CString::new(p.as_os_str().as_encoded_bytes()).context("path with NUL"))
         .collect::<Result<_>>()?;
     super::process::unblock_signals(cmd);
-    // SAFETY: only async-signal-safe calls on data prepared before fork.
-    unsafe {
-        cmd.pre_exec(move || {
+    let hook = move || {
+        // SAFETY: prctl takes plain integers; async-signal-safe.
+        unsafe {
             libc::prctl(
                 libc::PR_SET_PDEATHSIG,
                 libc::SIGKILL as libc::c_ulong,
                 0,
                 0,
                 0,
-            );
-            for file in &files {
-                let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-                libc::close(fd);
-                if written != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            )
+        };
+        for file in &files {
+            // SAFETY: a NUL-terminated path prepared before fork; async-signal-safe.
+            let fd = unsafe { libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
             }
-            Ok(())
-        });
+            // SAFETY: one byte from a static buffer to the descriptor opened above.
+            let written = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+            // SAFETY: closes the descriptor opened above, once.
+            unsafe { libc::close(fd) };
+            if written != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook makes only async-signal-safe calls, on data prepared before fork.
+    unsafe {
+        cmd.pre_exec(hook);
     }
     Ok(())
 }

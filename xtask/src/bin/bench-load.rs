@@ -47,7 +47,7 @@ fn burn(amount: Duration) {
 
 /// In a freshly forked child: die with the parent.
 fn die_with_parent(parent: libc::pid_t) {
-    // SAFETY: prctl/getppid/_exit take plain integers.
+    // SAFETY: prctl takes plain integers.
     unsafe {
         libc::prctl(
             libc::PR_SET_PDEATHSIG,
@@ -55,10 +55,12 @@ fn die_with_parent(parent: libc::pid_t) {
             0,
             0,
             0,
-        );
-        if libc::getppid() != parent {
-            libc::_exit(0);
-        }
+        )
+    };
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != parent {
+        // SAFETY: _exit takes a plain integer and does not return.
+        unsafe { libc::_exit(0) };
     }
 }
 
@@ -128,11 +130,10 @@ fn sleepers(per_task: usize, tickers: usize) {
                 -1 => die("fork"),
                 0 => {
                     die_with_parent(me);
-                    // SAFETY: closing inherited descriptors the child does not use.
-                    unsafe {
-                        libc::close(0);
-                        libc::close(1);
-                    }
+                    // SAFETY: closing an inherited descriptor the child does not use.
+                    unsafe { libc::close(0) };
+                    // SAFETY: closing an inherited descriptor the child does not use.
+                    unsafe { libc::close(1) };
                     sleeper(i < tickers);
                 }
                 _ => started += 1,

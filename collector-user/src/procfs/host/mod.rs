@@ -25,7 +25,7 @@ pub use cpuinfo::parse_cpuinfo_mhz;
 pub use meminfo::parse_meminfo;
 pub use reader::HostReader;
 pub use stat::{parse_cpu_ticks, CpuTimesTracker};
-pub use types::{CpuFrequency, CpuPercent, CpuTicks, FrequencySource, FsUsage, Mount};
+pub use types::{CpuFrequency, CpuPercent, CpuTicks, FrequencySource, FsUsage};
 pub use uptime::parse_uptime;
 
-pub use super::mountinfo::find_mount;
+pub use super::mountinfo::{find_mount, Mount};

@@ -13,13 +13,16 @@ use super::{
     cpufreq::{read_cpu_frequencies, total_compute_mhz},
     meminfo::parse_meminfo,
     stat::{parse_cpu_ticks, CpuTimesTracker},
-    types::{CpuFrequency, CpuTicks, FrequencySource, FsUsage, Mount},
+    types::{CpuFrequency, CpuTicks, FrequencySource, FsUsage},
     uptime::parse_uptime,
 };
 use crate::{
     fsutil::Tree,
     model::host::{HostCpuStats, HostDiskStats, HostStats},
-    procfs::{mountinfo::find_mount, ParseError, ProcError},
+    procfs::{
+        mountinfo::{find_mount, Mount},
+        ParseError, ProcError,
+    },
 };
 
 /// Host files that can fail to read; each warns when it starts failing, not every sample.

@@ -2,8 +2,8 @@
 
 use std::{ffi::CString, io, os::unix::ffi::OsStrExt, path::Path};
 
-use super::types::{FsUsage, Mount};
-use crate::model::host::HostDiskStats;
+use super::types::FsUsage;
+use crate::{model::host::HostDiskStats, procfs::mountinfo::Mount};
 
 impl FsUsage {
     pub fn of(path: &Path) -> io::Result<Self> {

@@ -49,14 +49,6 @@ pub struct CpuFrequency {
     pub source: FrequencySource,
 }
 
-/// The mount holding a path.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mount {
-    /// The mount source (`/dev/sda1`, `tmpfs`, …), which gopsutil reports as the device.
-    pub device: String,
-    pub mountpoint: String,
-}
-
 /// A filesystem's size and use, from `statvfs`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FsUsage {

@@ -1,5 +1,6 @@
 //! Raw, cumulative readings as the sources produce them, before any rate is computed.
-//! Both CPU sources (eBPF and /proc) fill these; `rates` turns two of them into figures.
+//! Both CPU sources (eBPF and /proc) fill these; `collect::rates` turns two of them into
+//! figures. It sits below both `procfs` and `collect`, which import it.
 
 /// Cumulative CPU time in ns. `run` is the total; `user` and `system` are the (tick-
 /// sampled) split, which need not add up to `run` exactly.
