@@ -171,8 +171,9 @@ pub struct AllocInfo {
     pub tasks: Vec<TaskInfo>,
 }
 
-/// Builds an allocation's per-task usage from the collector's compact figures.
-type BuildTasks = Box<dyn Fn() -> BTreeMap<String, TaskResourceUsage> + Send + Sync>;
+/// Builds an allocation's per-task usage from the collector's compact figures; with
+/// `false`, without the per-process `Pids` maps.
+type BuildTasks = Box<dyn Fn(bool) -> BTreeMap<String, TaskResourceUsage> + Send + Sync>;
 
 /// One allocation in a snapshot.
 ///
@@ -219,10 +220,11 @@ impl AllocEntry {
         }
     }
 
-    /// An entry whose task usage is built by `build` on first use.
+    /// An entry whose task usage is built by `build` on first use (`build(false)`: without
+    /// the `Pids` maps, for readers that do not read them).
     pub fn lazy(
         info: AllocInfo,
-        build: impl Fn() -> BTreeMap<String, TaskResourceUsage> + Send + Sync + 'static,
+        build: impl Fn(bool) -> BTreeMap<String, TaskResourceUsage> + Send + Sync + 'static,
     ) -> Self {
         Self {
             info,
@@ -235,18 +237,24 @@ impl AllocEntry {
 
     /// Nomad's `TaskResourceUsage` of every task, by name.
     pub fn tasks(&self) -> &BTreeMap<String, TaskResourceUsage> {
-        self.tasks
-            .get_or_init(|| self.build.as_ref().map(|build| build()).unwrap_or_default())
+        self.tasks.get_or_init(|| {
+            self.build
+                .as_ref()
+                .map(|build| build(true))
+                .unwrap_or_default()
+        })
     }
 
     /// Runs `f` on every task's usage without keeping it: the map a reader already
     /// built, else one built for this call and dropped after it. For readers of every
     /// allocation (a metrics scrape): caching would leave Nomad's types of the whole
-    /// host in the snapshot, a B-tree node of several kilobytes per allocation.
+    /// host in the snapshot, a B-tree node of several kilobytes per allocation. A map built
+    /// for the call has no `Pids` (empty maps): no such reader reads per-process figures,
+    /// and at ten thousand processes they were most of a scrape's cost.
     pub fn with_tasks<R>(&self, f: impl FnOnce(&BTreeMap<String, TaskResourceUsage>) -> R) -> R {
         match (self.tasks.get(), &self.build) {
             (Some(tasks), _) => f(tasks),
-            (None, Some(build)) => f(&build()),
+            (None, Some(build)) => f(&build(false)),
             (None, None) => f(&BTreeMap::new()),
         }
     }
@@ -364,13 +372,21 @@ mod tests {
         let built = std::sync::atomic::AtomicUsize::new(0);
         let built = Arc::new(built);
         let counter = built.clone();
-        let lazy = AllocEntry::lazy(info, move || {
+        let lazy = AllocEntry::lazy(info, move |with_pids| {
             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut task = TaskResourceUsage::default();
+            if with_pids {
+                task.pids.insert("7".to_owned(), Default::default());
+            }
             let mut tasks = BTreeMap::new();
-            tasks.insert("web".to_owned(), TaskResourceUsage::default());
+            tasks.insert("web".to_owned(), task);
             tasks
         });
-        assert_eq!(lazy.with_tasks(|t| t.len()), 1);
+        assert_eq!(
+            lazy.with_tasks(|t| t["web"].pids.len()),
+            0,
+            "a map built for one reader has no Pids"
+        );
         assert_eq!(lazy.with_tasks(|t| t.len()), 1);
         assert_eq!(
             built.load(std::sync::atomic::Ordering::Relaxed),
@@ -379,7 +395,7 @@ mod tests {
         );
         assert!(lazy.tasks.get().is_none());
         // Once a reader has built and kept them, they are read from the cache.
-        lazy.tasks();
+        assert_eq!(lazy.tasks()["web"].pids.len(), 1, "a kept map has the Pids");
         lazy.with_tasks(|_| ());
         assert_eq!(built.load(std::sync::atomic::Ordering::Relaxed), 3);
     }

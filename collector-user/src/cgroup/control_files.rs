@@ -140,6 +140,11 @@ impl ControlFiles {
     }
 }
 
+thread_local! {
+    /// The read buffer, kept at its full length so that no read zero-fills it again.
+    static BYTES: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 4096]);
+}
+
 /// Reads the whole file from offset 0 into `text` (cleared first).
 ///
 /// A cgroup control file (other than the PID lists) shows its whole content as one
@@ -147,45 +152,34 @@ impl ControlFiles {
 /// a read shorter than the buffer is the end, which saves the second `pread` that
 /// would only return 0.
 fn pread_into(file: &File, text: &mut String) -> io::Result<()> {
-    let mut bytes = std::mem::take(text).into_bytes();
-    bytes.clear();
-    let result = pread_bytes(file, &mut bytes);
-    match String::from_utf8(bytes) {
-        Ok(read) => {
-            *text = read;
-            result
-        }
-        Err(e) => {
-            let mut bytes = e.into_bytes();
-            bytes.clear();
-            *text = String::from_utf8(bytes).expect("an empty buffer is UTF-8");
-            result.and(Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "file content is not UTF-8",
-            )))
-        }
-    }
+    text.clear();
+    BYTES.with(|bytes| {
+        let bytes = &mut *bytes.borrow_mut();
+        let len = pread_bytes(file, bytes)?;
+        let read = std::str::from_utf8(&bytes[..len])
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file content is not UTF-8"))?;
+        text.push_str(read);
+        Ok(())
+    })
 }
 
-fn pread_bytes(file: &File, bytes: &mut Vec<u8>) -> io::Result<()> {
+/// Reads into `bytes` from offset 0 until a short read; returns the length read.
+fn pread_bytes(file: &File, bytes: &mut Vec<u8>) -> io::Result<usize> {
     let mut len = 0;
-    bytes.resize(bytes.capacity().max(4096), 0);
-    let result = loop {
+    loop {
         match file.read_at(&mut bytes[len..], len as u64) {
             Ok(n) => {
                 len += n;
                 if len < bytes.len() {
-                    break Ok(());
+                    return Ok(len);
                 }
                 let grown = bytes.len() * 2;
                 bytes.resize(grown, 0);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => break Err(e),
+            Err(e) => return Err(e),
         }
-    };
-    bytes.truncate(len);
-    result
+    }
 }
 
 #[cfg(test)]

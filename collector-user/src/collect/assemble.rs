@@ -30,15 +30,22 @@ pub struct TaskFigures {
 }
 
 impl TaskFigures {
-    pub fn usage(&self, ticks_per_percent: f64) -> TaskResourceUsage {
-        task_usage(
+    /// Nomad's `TaskResourceUsage`; without the `Pids` map unless `with_pids` (the
+    /// task's own figures are the same either way).
+    pub fn usage(&self, ticks_per_percent: f64, with_pids: bool) -> TaskResourceUsage {
+        let mut usage = task_usage(
             &self.rates,
             ticks_per_percent,
             self.memory.as_ref(),
             &self.throttling,
-            &self.pids,
+            if with_pids { &self.pids } else { &[] },
             self.timestamp,
-        )
+        );
+        if !with_pids && usage.resource_usage.memory_stats.measured.is_empty() {
+            // A task without cgroup memory shows its processes' sum: keep it.
+            usage.resource_usage.memory_stats = pids_memory(&self.pids);
+        }
+        usage
     }
 }
 
@@ -74,6 +81,15 @@ fn pid_memory(memory: Option<ProcessMemory>) -> MemoryStats {
     }
 }
 
+/// The memory of a task without cgroup memory figures: its processes' sum.
+fn pids_memory(pids: &[PidFigures]) -> MemoryStats {
+    let mut total = MemoryStats::default();
+    for p in pids.iter().filter(|p| p.memory.is_some()) {
+        total.add(&pid_memory(p.memory));
+    }
+    total
+}
+
 /// A task's `TaskResourceUsage`.
 ///
 /// Memory comes from the task's cgroup where it was measured; a task without a memory
@@ -89,13 +105,7 @@ pub fn task_usage(
 ) -> TaskResourceUsage {
     let memory_stats = match memory.filter(|m| !m.measured().is_empty()) {
         Some(figures) => figures.to_memory_stats(),
-        None => {
-            let mut total = MemoryStats::default();
-            for p in pids.iter().filter(|p| p.memory.is_some()) {
-                total.add(&pid_memory(p.memory));
-            }
-            total
-        }
+        None => pids_memory(pids),
     };
     let no_throttling = ThrottleFigures::default();
     let pids: BTreeMap<String, ResourceUsage> = pids

@@ -197,10 +197,10 @@ impl Collector {
             return None;
         }
         let ticks_per_percent = self.ticks_per_percent;
-        Some(AllocEntry::lazy(info, move || {
+        Some(AllocEntry::lazy(info, move |with_pids| {
             figures
                 .iter()
-                .map(|(name, f)| (name.clone(), f.usage(ticks_per_percent)))
+                .map(|(name, f)| (name.clone(), f.usage(ticks_per_percent, with_pids)))
                 .collect()
         }))
     }
