@@ -601,6 +601,14 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Wall-clock time in ns since the Unix epoch, as the API's `Timestamp`s are.
+pub fn unix_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_nanos() as i64
+}
+
 /// Total on-CPU ns of a thread group from `/proc/<pid>/task/*/schedstat`.
 pub fn schedstat_ns(pid: u32) -> u64 {
     fs::read_dir(format!("/proc/{pid}/task"))

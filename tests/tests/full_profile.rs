@@ -7,11 +7,12 @@ use std::{
     fs,
     sync::{Arc, Mutex},
     thread,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use integration_tests::{
-    burner, eventually, favoured, privileged, schedstat_ns, uuid, Background, Cgroup, Daemon,
+    burner, eventually, favoured, privileged, schedstat_ns, unix_ns, uuid, Background, Cgroup,
+    Daemon,
 };
 use serde_json::Value;
 
@@ -55,13 +56,6 @@ fn pids_of(v: &Value, task: &str) -> Vec<u32> {
         .unwrap_or_default();
     pids.sort_unstable();
     pids
-}
-
-fn unix_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_nanos() as i64
 }
 
 #[test]

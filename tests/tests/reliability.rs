@@ -12,7 +12,7 @@ use std::{
 };
 
 use integration_tests::{
-    burner, eventually, percent_and_truth, privileged, schedstat_ns, uuid, vm_rss_bytes,
+    burner, eventually, percent_and_truth, privileged, schedstat_ns, unix_ns, uuid, vm_rss_bytes,
     Background, Cgroup, ConfigFile, Daemon, Pins,
 };
 use serde_json::Value;
@@ -306,7 +306,7 @@ fn a_reused_pid_starts_from_zero_in_the_api() {
         }
     }
     let _sleeper = reused.expect("got the PID back");
-    let reused_at = now_unix_ns();
+    let reused_at = unix_ns();
     let mut checked = 0;
     for _ in 0..12 {
         thread::sleep(Duration::from_millis(300));
@@ -332,13 +332,6 @@ fn a_reused_pid_starts_from_zero_in_the_api() {
         checked += 1;
     }
     assert!(checked >= 5, "too few fresh snapshots ({checked})");
-}
-
-fn now_unix_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64
 }
 
 #[test]
