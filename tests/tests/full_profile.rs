@@ -190,12 +190,15 @@ fn kernel_version() -> (u32, u32) {
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
-/// Pages by which the RSS a process reports may differ from statm's: none where statm
-/// reads the same per-mm counters (before 6.16); from 6.16 statm adds up their per-CPU
-/// parts, which the daemon does not (O(CPUs) per process per interval), so up to the
-/// kernel's per-CPU batch on each CPU, for each of the file, anon and shmem counters.
+/// Pages by which the RSS a process reports may differ from statm's. Before 6.2 the
+/// per-mm counters are plain atomics that both read: none. From 6.2 they are per-CPU
+/// counters; the daemon reads their shared part, and so does statm, except on kernels
+/// with 6.16's "fix the inaccurate memory statistics" (backported to stable kernels:
+/// Debian's 6.12 has it), where statm adds every CPU's part up. The difference is then
+/// at most the kernel's per-CPU batch on each CPU, for each of the file, anon and shmem
+/// counters.
 fn rss_tolerance_pages() -> u64 {
-    if kernel_version() < (6, 16) {
+    if kernel_version() < (6, 2) {
         return 0;
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
