@@ -601,6 +601,16 @@ impl Drop for ChildGuard {
     }
 }
 
+/// (major, minor) of the running kernel, from `/proc/sys/kernel/osrelease`.
+pub fn kernel_version() -> (u32, u32) {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
 /// Wall-clock time in ns since the Unix epoch, as the API's `Timestamp`s are.
 pub fn unix_ns() -> i64 {
     std::time::SystemTime::now()

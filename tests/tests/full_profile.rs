@@ -11,8 +11,8 @@ use std::{
 };
 
 use integration_tests::{
-    burner, eventually, favoured, privileged, schedstat_ns, unix_ns, uuid, Background, Cgroup,
-    Daemon,
+    burner, eventually, favoured, kernel_version, privileged, schedstat_ns, unix_ns, uuid,
+    Background, Cgroup, Daemon,
 };
 use serde_json::Value;
 
@@ -179,15 +179,6 @@ fn each_process_cpu_over_an_interval_is_its_schedstat_delta_within_1_percent() {
             "process {pid}: {percent:.2}% reported over [{t1}, {t2}], schedstat says {truth:.2}%"
         );
     }
-}
-
-/// (major, minor) of the running kernel.
-fn kernel_version() -> (u32, u32) {
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|p| p.parse().ok());
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 /// Pages by which the RSS a process reports may differ from statm's. Before 6.2 the

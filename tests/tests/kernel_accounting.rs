@@ -7,7 +7,9 @@ use collector_common::{sample_flags, ThreadSample, TrackedCgroup};
 use collector_user::kernel::{
     Attribution, KernelAccounting, KernelOptions, ThreadStateChoice, ThreadStateStore,
 };
-use integration_tests::{burner, ebpf_or_skip, mounts, privileged, schedstat_ns, uuid, Cgroup};
+use integration_tests::{
+    burner, ebpf_or_skip, kernel_version, mounts, privileged, schedstat_ns, uuid, Cgroup,
+};
 
 fn load(test: &str) -> Option<KernelAccounting> {
     load_with(test, ThreadStateChoice::Auto)
@@ -109,16 +111,6 @@ fn process_run_ns(kernel: &mut KernelAccounting, pid: u32) -> Option<u64> {
             })
             .sum(),
     )
-}
-
-/// (major, minor) of the running kernel.
-fn kernel_version() -> (u32, u32) {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let mut parts = release
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|p| p.parse().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 /// Whether the task iterator must be on here: the loader probes features, the test
