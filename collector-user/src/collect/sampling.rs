@@ -18,11 +18,10 @@ use crate::{
     sample::{self, KernelCounters, ProcessSample},
 };
 
-/// Buffers reused from cycle to cycle, and what they sampled.
+/// A buffer reused from cycle to cycle, and what was sampled.
 #[derive(Default)]
 pub(super) struct Scratch {
     pids: Vec<u32>,
-    samples: Vec<ProcessSample>,
     /// Processes sampled in the current cycle.
     pub(super) sampled: u64,
 }
@@ -47,8 +46,9 @@ impl Sources<'_> {
         task: &TaskEntry,
         tracked: bool,
     ) -> Result<Vec<ProcessSample>, Vanished> {
-        let samples = &mut self.scratch.samples;
-        samples.clear();
+        // The task keeps what is returned (its rates take it by value): built here, not
+        // copied out of a buffer.
+        let mut samples = Vec::new();
         match self
             .ebpf
             .as_deref()
@@ -59,7 +59,7 @@ impl Sources<'_> {
                     samples.extend_from_slice(ebpf.processes_in(id));
                 }
                 if task.attribution.len() > 1 {
-                    merge_same_processes(samples);
+                    merge_same_processes(&mut samples);
                 }
                 if !ebpf.reads_process_memory() {
                     // A kernel whose mm_struct layout is unknown: memory from /proc.
@@ -92,7 +92,7 @@ impl Sources<'_> {
             }
         }
         self.scratch.sampled += samples.len() as u64;
-        Ok(samples.clone())
+        Ok(samples)
     }
 }
 
