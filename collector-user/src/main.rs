@@ -171,7 +171,7 @@ fn run(flags: &Flags, config: Config) -> Result<()> {
     security::drop_privileges(config.security.user.as_deref(), keep)
         .context("dropping privileges")?;
 
-    let store = Arc::new(SnapshotStore::default());
+    let store = Arc::new(SnapshotStore::new(collector.startup_snapshot()));
     let runner = Runner::spawn(collector, Arc::clone(&store), config.interval);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

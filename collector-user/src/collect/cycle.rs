@@ -19,6 +19,16 @@ use super::{
 use crate::snapshot::{AllocEntry, AllocInfo, Health, Snapshot, TaskInfo};
 
 impl Collector {
+    /// What is served before the first cycle ends: no allocation yet, but the collector's
+    /// own health (which source, why not eBPF, what is attached) is already known, so a
+    /// scrape right after start-up never reports the default source.
+    pub fn startup_snapshot(&self) -> Snapshot {
+        Snapshot {
+            health: self.health(Duration::ZERO, Duration::ZERO),
+            ..Snapshot::default()
+        }
+    }
+
     /// One collection cycle.
     pub fn cycle(&mut self) -> Snapshot {
         let started = Instant::now();

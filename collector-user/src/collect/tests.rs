@@ -188,3 +188,18 @@ fn a_pure_v2_host_with_both_nomad_layouts() {
     let info = &snapshot.allocations[other].info;
     assert_eq!(info.tasks[0].name, "db");
 }
+
+#[test]
+fn before_the_first_cycle_the_health_already_names_the_source() {
+    let root = tempfile::tempdir().unwrap();
+    v1_task(root.path(), "web", 1000);
+    let collector = Collector::new(&config(root.path())).unwrap();
+    let snapshot = collector.startup_snapshot();
+    // The default source is eBPF: a scrape racing the first cycle used to report it.
+    assert_eq!(
+        snapshot.health.source,
+        crate::snapshot::CpuSourceKind::Procfs
+    );
+    assert_eq!(snapshot.health.programs_attached, 0);
+    assert!(snapshot.allocations.is_empty(), "nothing read yet");
+}
