@@ -13,6 +13,7 @@ pub mod cgroup;
 pub mod collect;
 pub mod config;
 pub mod fsutil;
+pub mod heap;
 pub mod kernel;
 pub mod model;
 pub mod procfs;

@@ -15,19 +15,11 @@ use std::{
 use tracing::{debug, info};
 
 use super::Collector;
-use crate::{config::Config, snapshot::SnapshotStore};
+use crate::{config::Config, heap, snapshot::SnapshotStore};
 
-/// Freed heap is handed back to the kernel every this many cycles (from the first on):
-/// glibc keeps what a burst of requests or the start-up (parsing the kernel's BTF takes
-/// tens of MiB for a moment) freed, so without it RSS only ever grows. A trim costs about
-/// 160 µs.
+/// Freed heap is handed back to the kernel every this many cycles (from the first on),
+/// so that what a burst of requests freed does not stay resident.
 const TRIM_EVERY_CYCLES: u64 = 10;
-
-/// Returns free heap memory to the kernel.
-fn trim_heap() {
-    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
-    unsafe { libc::malloc_trim(0) };
-}
 
 enum Command {
     Reload(Box<Config>),
@@ -58,7 +50,7 @@ impl Runner {
                     );
                     store.store(snapshot);
                     if cycles.is_multiple_of(TRIM_EVERY_CYCLES) {
-                        trim_heap();
+                        heap::release_free_memory();
                     }
                     cycles += 1;
                     next += interval;

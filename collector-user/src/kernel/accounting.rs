@@ -24,6 +24,8 @@ use collector_common::{
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
+use crate::heap;
+
 use super::{
     btf::{Btf, BtfError},
     features::{Feature, KernelFeatures, Refusal, ThreadStateChoice, ThreadStateStore},
@@ -283,13 +285,17 @@ impl KernelAccounting {
     /// [`KernelAccounting::features`]).
     pub fn load(options: &KernelOptions) -> Result<Self, KernelError> {
         let btf = Btf::from_sys_fs()?;
-        let layout = layout::resolve(&btf, &options.attribution)?;
+        let layout = layout::resolve(&btf, &options.attribution);
         drop(btf);
-        let aya_btf = AyaBtf::from_sys_fs().map_err(reading_btf_err)?;
+        // Each parse of the kernel's BTF takes 15-20 MiB for a moment: one at a time, each
+        // freed and handed back before the next, so that start-up does not set the
+        // daemon's peak memory (see `load_build`).
+        heap::release_free_memory();
+        let layout = layout?;
         let stores = stores_to_try(options.thread_state);
         let mut failure = None;
         for (i, &store) in stores.iter().enumerate() {
-            match Self::load_build(options, store, &layout, &aya_btf) {
+            match Self::load_build(options, store, &layout) {
                 Ok(kernel) => return Ok(kernel),
                 Err(e) => {
                     if i + 1 < stores.len() {
@@ -310,15 +316,15 @@ impl KernelAccounting {
         options: &KernelOptions,
         store: ThreadStateStore,
         layout: &KernelLayout,
-        aya_btf: &AyaBtf,
     ) -> Result<Self, KernelError> {
         let pins = options
             .pin_root
             .as_deref()
             .map(|root| PinDir::for_build(root, store.build_name()));
+        // aya's loader parses the kernel's BTF itself when it is made (for CO-RE
+        // relocations, which these programs have none of: their offsets come in LAYOUT).
         let mut loader = EbpfLoader::new();
         loader
-            .btf(Some(aya_btf))
             // THREAD_STATE is task storage, which aya only loads on request.
             .allow_unsupported_maps()
             .override_global("LAYOUT", layout, true)
@@ -339,6 +345,11 @@ impl KernelAccounting {
             }
         }
         let mut ebpf = loader.load(object(store))?;
+        // The loader's BTF is freed before the one the programs' attach points are looked
+        // up in is parsed: two parses at once set a peak RSS of about 45 MiB, one 28.
+        drop(loader);
+        heap::release_free_memory();
+        let aya_btf = &AyaBtf::from_sys_fs().map_err(reading_btf_err)?;
         // The programs log their rare failures with aya-log; drained after each read.
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
@@ -656,14 +667,15 @@ pub struct EmptyProbe {
 /// Attaches only the empty sched_switch program: what the tracepoint costs with any
 /// program on it, the floor under the accounting program's cost (for the benchmark).
 pub fn attach_empty_probe() -> Result<EmptyProbe, KernelError> {
-    let btf = AyaBtf::from_sys_fs().map_err(reading_btf_err)?;
     let store = *stores_to_try(ThreadStateChoice::Auto)
         .first()
         .unwrap_or(&ThreadStateStore::Hash);
+    // One BTF parse at a time, as in `KernelAccounting::load_build`.
     let mut ebpf = EbpfLoader::new()
-        .btf(Some(&btf))
         .allow_unsupported_maps()
         .load(object(store))?;
+    heap::release_free_memory();
+    let btf = AyaBtf::from_sys_fs().map_err(reading_btf_err)?;
     let program: &mut BtfTracePoint = ebpf
         .program_mut(EMPTY_PROGRAM)
         .ok_or(KernelError::Missing(EMPTY_PROGRAM))?
