@@ -125,10 +125,7 @@ impl AllocResourceUsage {
     /// Builds an allocation's usage from its tasks: the sum of every task's figures and
     /// the newest task timestamp (spec §2). `only_task` limits it to one task (`?task=`);
     /// an unknown name gives empty results, as Nomad does.
-    pub fn from_tasks(
-        tasks: &BTreeMap<String, TaskResourceUsage>,
-        only_task: Option<&str>,
-    ) -> Self {
+    pub fn from_tasks(tasks: BTreeMap<String, TaskResourceUsage>, only_task: Option<&str>) -> Self {
         let mut out = AllocResourceUsage::default();
         for (name, task) in tasks {
             if only_task.is_some_and(|only| only != name) {
@@ -136,7 +133,7 @@ impl AllocResourceUsage {
             }
             out.resource_usage.add(&task.resource_usage);
             out.timestamp = out.timestamp.max(task.timestamp);
-            out.tasks.insert(name.clone(), task.clone());
+            out.tasks.insert(name, task);
         }
         out
     }
@@ -174,7 +171,7 @@ mod tests {
             "b".to_owned(),
             task(25.5, 20, 30, &[measured::USER_MODE, measured::PERCENT]),
         );
-        let alloc = AllocResourceUsage::from_tasks(&tasks, None);
+        let alloc = AllocResourceUsage::from_tasks(tasks.clone(), None);
         assert_eq!(alloc.resource_usage.cpu_stats.percent, 75.5);
         assert_eq!(alloc.resource_usage.memory_stats.rss, 120);
         assert_eq!(alloc.timestamp, 30);
@@ -189,11 +186,11 @@ mod tests {
         let mut tasks = BTreeMap::new();
         tasks.insert("a".to_owned(), task(50.0, 100, 10, &[]));
         tasks.insert("b".to_owned(), task(25.0, 20, 30, &[]));
-        let only_a = AllocResourceUsage::from_tasks(&tasks, Some("a"));
+        let only_a = AllocResourceUsage::from_tasks(tasks.clone(), Some("a"));
         assert_eq!(only_a.tasks.len(), 1);
         assert_eq!(only_a.resource_usage.cpu_stats.percent, 50.0);
         assert_eq!(only_a.timestamp, 10);
-        let none = AllocResourceUsage::from_tasks(&tasks, Some("zzz"));
+        let none = AllocResourceUsage::from_tasks(tasks, Some("zzz"));
         assert!(none.tasks.is_empty());
         assert_eq!(none.resource_usage.cpu_stats.percent, 0.0);
     }
