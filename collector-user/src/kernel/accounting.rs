@@ -346,7 +346,8 @@ impl KernelAccounting {
         }
         let mut ebpf = loader.load(object(store))?;
         // The loader's BTF is freed before the one the programs' attach points are looked
-        // up in is parsed: two parses at once set a peak RSS of about 45 MiB, one 28.
+        // up in is parsed: two parses at once set a peak RSS of 43-45 MiB, one at a time
+        // 29-30 MiB (BENCHMARKS.md, VmHWM).
         drop(loader);
         heap::release_free_memory();
         let aya_btf = &AyaBtf::from_sys_fs().map_err(reading_btf_err)?;
