@@ -31,19 +31,19 @@ pub struct TaskFigures {
 
 impl TaskFigures {
     /// Nomad's `TaskResourceUsage`; without the `Pids` map unless `with_pids` (the
-    /// task's own figures are the same either way).
+    /// task's own figures, memory summed from its processes included, are the same
+    /// either way).
     pub fn usage(&self, ticks_per_percent: f64, with_pids: bool) -> TaskResourceUsage {
-        let mut usage = task_usage(
+        let mut usage = own_usage(
             &self.rates,
             ticks_per_percent,
             self.memory.as_ref(),
             &self.throttling,
-            if with_pids { &self.pids } else { &[] },
+            &self.pids,
             self.timestamp,
         );
-        if !with_pids && usage.resource_usage.memory_stats.measured.is_empty() {
-            // A task without cgroup memory shows its processes' sum: keep it.
-            usage.resource_usage.memory_stats = pids_memory(&self.pids);
+        if with_pids {
+            usage.pids = pid_map(&self.pids, ticks_per_percent);
         }
         usage
     }
@@ -103,13 +103,47 @@ pub fn task_usage(
     pids: &[PidFigures],
     timestamp: i64,
 ) -> TaskResourceUsage {
+    TaskResourceUsage {
+        pids: pid_map(pids, ticks_per_percent),
+        ..own_usage(
+            rates,
+            ticks_per_percent,
+            memory,
+            throttling,
+            pids,
+            timestamp,
+        )
+    }
+}
+
+/// [`task_usage`] with an empty `Pids` map: the task's own figures only.
+fn own_usage(
+    rates: &CpuRates,
+    ticks_per_percent: f64,
+    memory: Option<&MemoryFigures>,
+    throttling: &ThrottleFigures,
+    pids: &[PidFigures],
+    timestamp: i64,
+) -> TaskResourceUsage {
     let memory_stats = match memory.filter(|m| !m.measured().is_empty()) {
         Some(figures) => figures.to_memory_stats(),
         None => pids_memory(pids),
     };
+    TaskResourceUsage {
+        resource_usage: ResourceUsage {
+            memory_stats,
+            cpu_stats: cpu_stats(rates, rates.percent * ticks_per_percent, throttling),
+            device_stats: None,
+        },
+        timestamp,
+        pids: BTreeMap::new(),
+    }
+}
+
+/// The `Pids` map: each process's memory and CPU, without throttling.
+fn pid_map(pids: &[PidFigures], ticks_per_percent: f64) -> BTreeMap<String, ResourceUsage> {
     let no_throttling = ThrottleFigures::default();
-    let pids: BTreeMap<String, ResourceUsage> = pids
-        .iter()
+    pids.iter()
         .map(|p| {
             (
                 p.pid.to_string(),
@@ -124,16 +158,7 @@ pub fn task_usage(
                 },
             )
         })
-        .collect();
-    TaskResourceUsage {
-        resource_usage: ResourceUsage {
-            memory_stats,
-            cpu_stats: cpu_stats(rates, rates.percent * ticks_per_percent, throttling),
-            device_stats: None,
-        },
-        timestamp,
-        pids,
-    }
+        .collect()
 }
 
 #[cfg(test)]
@@ -212,5 +237,36 @@ mod tests {
             task.resource_usage.cpu_stats.measured,
             vec!["System Mode", "User Mode", "Percent"]
         );
+    }
+
+    #[test]
+    fn without_pids_the_tasks_own_figures_are_the_same() {
+        let rates = CpuRates {
+            percent: 50.0,
+            user_mode: 40.0,
+            system_mode: 10.0,
+        };
+        let figures = TaskFigures {
+            rates,
+            // No memory cgroup: the task's memory is its processes' sum either way.
+            memory: None,
+            throttling: ThrottleFigures::default(),
+            pids: vec![PidFigures {
+                pid: 42,
+                rates,
+                memory: Some(ProcessMemory {
+                    rss_bytes: 100,
+                    swap_bytes: 1,
+                }),
+            }],
+            timestamp: 5,
+        };
+        let full = figures.usage(2.0, true);
+        let without = figures.usage(2.0, false);
+        assert_eq!(full.pids.len(), 1);
+        assert!(without.pids.is_empty());
+        assert_eq!(without.resource_usage, full.resource_usage);
+        assert_eq!(without.resource_usage.memory_stats.rss, 100);
+        assert_eq!(without.timestamp, full.timestamp);
     }
 }
