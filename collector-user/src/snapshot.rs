@@ -180,8 +180,9 @@ type BuildTasks = Box<dyn Fn(bool) -> BTreeMap<String, TaskResourceUsage> + Send
 /// The collector hands over compact figures and a builder; Nomad's types (a map, two
 /// `Measured` lists and a string key per process) are built only when something reads
 /// them, and dropped once read: only the response bodies are kept, at most one of each
-/// per snapshot. Kept, the types of every allocation (nomad-apm asks for all of them at
-/// once) were 13 MiB at ten thousand processes, against 4.4 MiB for their bodies.
+/// per snapshot. nomad-apm asks for every allocation within a second: at ten thousand
+/// processes its pass raised VmRSS by 7 MiB with only the bodies kept (about 4.4 KiB an
+/// allocation), by 14 MiB when the types were kept too.
 pub struct AllocEntry {
     pub info: AllocInfo,
     build: BuildTasks,
