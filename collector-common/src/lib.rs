@@ -55,6 +55,27 @@ pub struct KernelLayout {
     /// `task_struct.sched_info.run_delay`: ns the thread has waited on a run queue
     /// (kept where `CONFIG_SCHED_INFO` is set); 0 = not in this kernel.
     pub task_run_delay: u32,
+    /// `css_set.subsys[memory_cgrp_id]` and `css_set.subsys[cpu_cgrp_id]`: where the
+    /// task iterator finds a task cgroup's `mem_cgroup` and `task_group`; 0 = that
+    /// controller's counters are read from its control files instead.
+    pub css_set_memory_subsys: u32,
+    pub css_set_cpu_subsys: u32,
+    /// Offsets within `struct mem_cgroup` (whose first member is its css) of the page
+    /// counters behind `memory.usage_in_bytes`/`memory.current` (`memory.usage`), the
+    /// peak (`memory.watermark`), cgroup v2 swap (`swap.usage`), v1 kernel memory
+    /// (`kmem.usage`, `kmem.watermark`; 0 = not in this kernel) and the OOM kill count
+    /// (`memory_events[MEMCG_OOM_KILL]`).
+    pub memcg_usage: u32,
+    pub memcg_watermark: u32,
+    pub memcg_swap_usage: u32,
+    pub memcg_kmem_usage: u32,
+    pub memcg_kmem_watermark: u32,
+    pub memcg_oom_kills: u32,
+    /// Offsets within `struct task_group` (whose first member is its css) of
+    /// `cfs_bandwidth.nr_throttled` (a C `int`) and `.throttled_time` (ns), what
+    /// `cpu.stat` shows; 0 = no CFS bandwidth control in this kernel.
+    pub tg_nr_throttled: u32,
+    pub tg_throttled_time: u32,
 }
 
 /// Value of the `TRACKED_CGROUPS` hash map, keyed by cgroup id (the kernfs node id, which
@@ -154,6 +175,8 @@ pub mod sample_flags {
     pub const LEADER: u32 = 1;
     /// The RSS and swap fields were read from the process's `mm_struct`.
     pub const MEMORY: u32 = 2;
+    /// The record is a [`CgroupSample`](super::CgroupSample), not a thread.
+    pub const CGROUP: u32 = 4;
 }
 
 /// One record of the task iterator: one thread of a tracked cgroup.
@@ -183,6 +206,52 @@ pub struct ThreadSample {
     pub slot: u32,
 }
 
+/// Which parts of a [`CgroupSample`] were read.
+pub mod cgroup_parts {
+    /// The `mem_cgroup` counters (the task's memory cgroup was the one registered).
+    pub const MEMORY: u64 = 1;
+    /// The `task_group` bandwidth counters.
+    pub const CPU: u64 = 2;
+}
+
+/// A record of the task iterator with [`sample_flags::CGROUP`] set: the counters of one
+/// tracked cgroup's memory and cpu cgroups, read from the kernel structs behind their
+/// single-value control files, at the first leader of the cgroup the pass meets. Same
+/// size as a [`ThreadSample`], with `flags` and `slot` at the same offsets, so that one
+/// stream carries both.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupSample {
+    /// Pages: `memory.usage`, `memory.watermark`, `swap.usage` (cgroup v2 only),
+    /// `kmem.usage`, `kmem.watermark` (cgroup v1 only).
+    pub memory_pages: u64,
+    pub memory_peak_pages: u64,
+    pub swap_pages: u64,
+    pub kmem_pages: u64,
+    pub kmem_peak_pages: u64,
+    pub oom_kills: u64,
+    pub nr_throttled: u64,
+    pub throttled_ns: u64,
+    /// [`cgroup_parts`] bits.
+    pub parts: u64,
+    pub _pad: u64,
+    pub flags: u32,
+    pub slot: u32,
+}
+
+/// Element of the `SLOT_CGROUPS` array, by counter slot: the ids of the memory and cpu
+/// cgroups whose counters the task iterator reports with that slot (0 = none). Written
+/// by the daemon; the iterator writes only `session`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotCgroups {
+    pub memory_id: u64,
+    pub cpu_id: u64,
+    /// The iterator session (`bpf_iter_meta.session_id`) that last reported the slot's
+    /// counters: one record per slot per pass.
+    pub session: u64,
+}
+
 /// Slots of the per-CPU `STATS` array: events the programs count so that nothing they
 /// drop is silent.
 pub mod stat {
@@ -206,12 +275,18 @@ pub mod stat {
 // The kernel and the daemon read these as raw bytes: their sizes are part of the ABI
 // between the two builds (and of the pinned maps' shapes).
 const _: () = {
-    assert!(core::mem::size_of::<KernelLayout>() == 24 * 4);
+    assert!(core::mem::size_of::<KernelLayout>() == 34 * 4);
     assert!(core::mem::size_of::<TrackedCgroup>() == 16);
     assert!(core::mem::size_of::<CgroupCpu>() == 56);
     assert!(core::mem::size_of::<ThreadState>() == 56);
     assert!(core::mem::size_of::<ThreadEntry>() == 64);
     assert!(core::mem::size_of::<ThreadSample>() == 88);
+    assert!(core::mem::size_of::<CgroupSample>() == 88);
+    assert!(
+        core::mem::offset_of!(CgroupSample, flags) == core::mem::offset_of!(ThreadSample, flags)
+    );
+    assert!(core::mem::offset_of!(CgroupSample, slot) == core::mem::offset_of!(ThreadSample, slot));
+    assert!(core::mem::size_of::<SlotCgroups>() == 24);
 };
 
 #[cfg(feature = "user")]
@@ -221,7 +296,7 @@ mod pod {
     // type below is `#[repr(C)]`, `Copy`, and made of integers only; its size is asserted
     // above to be the sum of its fields', so no byte is implicit padding.
 
-    // SAFETY: 24 `u32` offsets, 96 bytes: no padding, every bit pattern a valid value.
+    // SAFETY: 34 `u32` offsets, 136 bytes: no padding, every bit pattern a valid value.
     unsafe impl aya::Pod for KernelLayout {}
     // SAFETY: `u32` slot, `u32` explicit `_pad`, `u64` since_ns: 16 bytes, no padding,
     // every bit pattern valid.
@@ -236,4 +311,8 @@ mod pod {
     // SAFETY: two `u32`, seven `u64`, two `i64`, two `u32`, 88 bytes, each field at an
     // offset that is a multiple of its size: no padding, every bit pattern valid.
     unsafe impl aya::Pod for ThreadSample {}
+    // SAFETY: ten `u64` then two `u32`, 88 bytes: no padding, every bit pattern valid.
+    unsafe impl aya::Pod for CgroupSample {}
+    // SAFETY: three `u64`, 24 bytes: no padding, every bit pattern valid.
+    unsafe impl aya::Pod for SlotCgroups {}
 }

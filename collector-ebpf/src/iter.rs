@@ -10,12 +10,14 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::bpf_seq_write;
-use collector_common::{sample_flags, stat, ThreadSample, NO_SLOT, PF_KTHREAD};
+use collector_common::{
+    cgroup_parts, sample_flags, stat, CgroupSample, ThreadSample, NO_SLOT, PF_KTHREAD,
+};
 
 use crate::{
     account::ThreadStore,
     kernel::{Direct, Task},
-    maps::{count, generation, tracked_cgroup},
+    maps::{count, generation, tracked_cgroup, SLOT_CGROUPS},
 };
 
 /// The tracked cgroup's slot of `task`, or [`NO_SLOT`].
@@ -91,17 +93,104 @@ pub unsafe fn try_tracked_threads<S: ThreadStore<Direct>>(ctx: *mut c_void) {
     }
     // SAFETY: meta is the iterator's bpf_iter_meta, whose first field is its seq_file.
     let seq = unsafe { *(meta as *const *mut aya_ebpf::bindings::seq_file) };
-    // SAFETY: seq is the iterator's seq_file; the source is a local of the given size.
+    // SAFETY: seq is the iterator's seq_file; the source is a local of its size.
+    if unsafe { write(seq, &sample) }.is_err() {
+        // The read() buffer is full: the kernel shows this thread again at the start of
+        // the next read(), so nothing is lost.
+        count(stat::SAMPLES_DEFERRED);
+        return;
+    }
+    if tid == tgid {
+        // SAFETY: meta is the iterator's bpf_iter_meta, { seq, session_id, seq_num }:
+        // the address of its second field, inside it.
+        let session_id = unsafe { meta.add(8) } as *const u64;
+        // SAFETY: as above: its u64 session_id.
+        let session = unsafe { *session_id };
+        // SAFETY: seq as above.
+        unsafe { try_cgroup_sample(task, slot, session, seq) };
+    }
+}
+
+/// Writes `record` to the iterator's output; `Err` when the read() buffer is full.
+///
+/// # Safety
+/// `seq` must be the iterator's seq_file.
+#[inline(always)]
+unsafe fn write<T>(seq: *mut aya_ebpf::bindings::seq_file, record: &T) -> Result<(), ()> {
+    // SAFETY: the caller's contract; the source is a reference of the given size.
     let written = unsafe {
         bpf_seq_write(
             seq,
-            (&raw const sample).cast(),
-            core::mem::size_of::<ThreadSample>() as u32,
+            (record as *const T).cast(),
+            core::mem::size_of::<T>() as u32,
         )
     };
-    if written != 0 {
-        // The read() buffer is full: the kernel shows this thread again at the start of
-        // the next read(), so nothing is lost.
+    if written == 0 {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// At the first leader of a tracked cgroup met in this pass (`session`): one
+/// [`CgroupSample`] with the counters of the memory and cpu cgroups the daemon
+/// registered for its slot, when the leader is in them. A cgroup whose leaders are all
+/// elsewhere (in its child cgroups, or where the controller is not enabled) gets none,
+/// and the daemon reads its control files instead.
+///
+/// # Safety
+/// `seq` must be the iterator's seq_file.
+#[inline(always)]
+unsafe fn try_cgroup_sample(
+    task: Task<Direct>,
+    slot: u32,
+    session: u64,
+    seq: *mut aya_ebpf::bindings::seq_file,
+) {
+    let Some(entry) = SLOT_CGROUPS.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: (this read and the next two) an element of an array map, valid while the
+    // program runs; the daemon may rewrite it meanwhile, word by word, which at worst
+    // reports one pass's counters of the slot's previous cgroups, as a read just before
+    // the rewrite would have.
+    let seen = unsafe { (*entry).session };
+    // SAFETY: as above.
+    let memory_id = unsafe { (*entry).memory_id };
+    // SAFETY: as above.
+    let cpu_id = unsafe { (*entry).cpu_id };
+    if seen == session || (memory_id == 0 && cpu_id == 0) {
+        return;
+    }
+    let mut sample = CgroupSample {
+        flags: sample_flags::CGROUP,
+        slot,
+        ..CgroupSample::default()
+    };
+    if let Some(memory) = task.memory_counters(memory_id) {
+        sample.parts |= cgroup_parts::MEMORY;
+        sample.memory_pages = memory.usage.max(0) as u64;
+        sample.memory_peak_pages = memory.watermark;
+        sample.swap_pages = memory.swap.max(0) as u64;
+        sample.kmem_pages = memory.kmem.max(0) as u64;
+        sample.kmem_peak_pages = memory.kmem_watermark;
+        sample.oom_kills = memory.oom_kills.max(0) as u64;
+    }
+    if let Some(cpu) = task.cpu_counters(cpu_id) {
+        sample.parts |= cgroup_parts::CPU;
+        sample.nr_throttled = u64::from(cpu.nr_throttled);
+        sample.throttled_ns = cpu.throttled_ns;
+    }
+    if sample.parts == 0 {
+        return;
+    }
+    // SAFETY: the caller's contract.
+    if unsafe { write(seq, &sample) }.is_ok() {
+        // SAFETY: as above: an aligned word of the element.
+        unsafe { (*entry).session = session };
+    } else {
+        // The buffer filled after the leader's own record: the kernel drops what this
+        // task wrote and shows it again at the next read(), which writes both again.
         count(stat::SAMPLES_DEFERRED);
     }
 }

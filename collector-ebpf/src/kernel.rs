@@ -38,6 +38,16 @@ static LAYOUT: KernelLayout = KernelLayout {
     mm_swap_entries: 0,
     task_state: 0,
     task_run_delay: 0,
+    css_set_memory_subsys: 0,
+    css_set_cpu_subsys: 0,
+    memcg_usage: 0,
+    memcg_watermark: 0,
+    memcg_swap_usage: 0,
+    memcg_kmem_usage: 0,
+    memcg_kmem_watermark: 0,
+    memcg_oom_kills: 0,
+    tg_nr_throttled: 0,
+    tg_throttled_time: 0,
 };
 
 /// Reads one field of `LAYOUT`; volatile so that the compiler cannot fold the zeros above.
@@ -304,6 +314,91 @@ impl<A: Access> Task<A> {
             0
         };
         (v1, v2)
+    }
+}
+
+/// The counters of a task's memory and cpu cgroups (see [`Task::memory_counters`] and
+/// [`Task::cpu_counters`]).
+#[derive(Clone, Copy)]
+pub struct MemoryCounters {
+    pub usage: i64,
+    pub watermark: u64,
+    pub swap: i64,
+    pub kmem: i64,
+    pub kmem_watermark: u64,
+    pub oom_kills: i64,
+}
+
+#[derive(Clone, Copy)]
+pub struct CpuCounters {
+    pub nr_throttled: u32,
+    pub throttled_ns: u64,
+}
+
+impl<A: Access> Task<A> {
+    /// The task's css of the controller at `css_set` offset `subsys`, if that css is the
+    /// one of cgroup `id`: a task cgroup where the controller is not enabled (cgroup v2)
+    /// shares an ancestor's css, whose counters are not the task's.
+    #[inline(always)]
+    fn css_of(self, subsys: u32, id: u64) -> Option<*const u8> {
+        if subsys == 0 || id == 0 {
+            return None;
+        }
+        let cset: *const u8 = self.field(layout!(task_cgroups));
+        // SAFETY: cset is the task's css_set; subsys[i] is a cgroup_subsys_state.
+        let css: *const u8 = unsafe { A::load(cset, subsys) };
+        // SAFETY: css is a cgroup_subsys_state, whose `cgroup` is a struct cgroup.
+        let cgroup: *const u8 = unsafe { A::load(css, layout!(css_cgroup)) };
+        (!css.is_null() && cgroup_id::<A>(cgroup) == id).then_some(css)
+    }
+
+    /// The page counters and OOM kills of the task's memory cgroup, if it is cgroup `id`.
+    #[inline(always)]
+    pub fn memory_counters(self, id: u64) -> Option<MemoryCounters> {
+        let memcg = self.css_of(layout!(css_set_memory_subsys), id)?;
+        let optional = |offset: u32| -> i64 {
+            if offset == 0 {
+                0
+            } else {
+                // SAFETY: as below, for an offset that this kernel has.
+                unsafe { Probed::load(memcg, offset) }
+            }
+        };
+        // Probed: the verifier types the pointer as the css, the first member of
+        // struct mem_cgroup; the counters lie beyond it.
+        // SAFETY (each load): memcg is a live mem_cgroup (its css is the task's, held by
+        // the task's css_set while the task is); the offsets are its page counters'
+        // `usage` (atomic_long_t) and `watermark` (unsigned long) and a memory_events
+        // element (atomic_long_t), each 8 bytes.
+        Some(MemoryCounters {
+            // SAFETY: as above.
+            usage: unsafe { Probed::load(memcg, layout!(memcg_usage)) },
+            // SAFETY: as above.
+            watermark: unsafe { Probed::load(memcg, layout!(memcg_watermark)) },
+            swap: optional(layout!(memcg_swap_usage)),
+            kmem: optional(layout!(memcg_kmem_usage)),
+            kmem_watermark: optional(layout!(memcg_kmem_watermark)) as u64,
+            // SAFETY: as above.
+            oom_kills: unsafe { Probed::load(memcg, layout!(memcg_oom_kills)) },
+        })
+    }
+
+    /// The CFS bandwidth counters of the task's cpu cgroup, if it is cgroup `id`.
+    #[inline(always)]
+    pub fn cpu_counters(self, id: u64) -> Option<CpuCounters> {
+        if layout!(tg_throttled_time) == 0 {
+            return None;
+        }
+        let tg = self.css_of(layout!(css_set_cpu_subsys), id)?;
+        // Probed, as for the memory cgroup: the css is task_group's first member.
+        // SAFETY (each load): tg is a live task_group (its css is the task's); the
+        // offsets are its cfs_bandwidth's `int` counters and `u64` throttled_time.
+        Some(CpuCounters {
+            // SAFETY: as above.
+            nr_throttled: unsafe { Probed::load(tg, layout!(tg_nr_throttled)) },
+            // SAFETY: as above.
+            throttled_ns: unsafe { Probed::load(tg, layout!(tg_throttled_time)) },
+        })
     }
 }
 

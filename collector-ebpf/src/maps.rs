@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
-use collector_common::{control, stat, CgroupCpu, TrackedCgroup, NO_SLOT};
+use collector_common::{control, stat, CgroupCpu, SlotCgroups, TrackedCgroup, NO_SLOT};
 
 use crate::kernel::{Access, Task};
 
@@ -22,6 +22,12 @@ pub static TRACKED_CGROUPS: HashMap<u64, TrackedCgroup> =
 /// daemon with one batch lookup per interval. Same capacity as `TRACKED_CGROUPS`.
 #[map]
 pub static CGROUP_CPU: Array<CgroupCpu> = Array::with_max_entries(16384, 0);
+
+/// By counter slot: the memory and cpu cgroups whose counters the task iterator reports
+/// with the slot (see `iter`). Same capacity as `CGROUP_CPU`. Not pinned: the daemon
+/// writes every slot it tracks, adopted ones included, after each load.
+#[map]
+pub static SLOT_CGROUPS: Array<SlotCgroups> = Array::with_max_entries(16384, 0);
 
 /// Values the daemon sets for the programs (see `collector_common::control`).
 #[map]

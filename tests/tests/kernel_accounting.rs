@@ -3,7 +3,7 @@
 
 use std::{thread, time::Duration};
 
-use collector_common::{sample_flags, ThreadSample, TrackedCgroup};
+use collector_common::{cgroup_parts, sample_flags, CgroupSample, ThreadSample, TrackedCgroup};
 use collector_user::kernel::{
     Attribution, KernelAccounting, KernelOptions, ThreadStateChoice, ThreadStateStore,
 };
@@ -85,7 +85,9 @@ fn process_run_ns(kernel: &mut KernelAccounting, pid: u32) -> Option<u64> {
         return None;
     }
     let mut samples: Vec<ThreadSample> = Vec::new();
-    kernel.sample_tracked_threads(&mut samples).unwrap();
+    kernel
+        .sample_tracked_threads(&mut samples, &mut Vec::new())
+        .unwrap();
     let tracked: Vec<u32> = kernel
         .tracked_entries()
         .unwrap()
@@ -134,6 +136,13 @@ fn assert_features_as_expected(kernel: &KernelAccounting) {
         kernel_version(),
         features.process_iter.reason
     );
+    assert_eq!(
+        features.cgroup_counters.enabled,
+        process_iter_expected(),
+        "cgroup counters in the kernel on {:?}: {:?}",
+        kernel_version(),
+        features.cgroup_counters.reason
+    );
     if kernel_version() >= (5, 11) {
         // An explicit `Hash` choice is the only way to get it there.
         assert!(matches!(
@@ -142,6 +151,113 @@ fn assert_features_as_expected(kernel: &KernelAccounting) {
         ));
     } else {
         assert_eq!(features.thread_state, ThreadStateStore::Hash);
+    }
+}
+
+/// The counters the task iterator reads from a task cgroup's `mem_cgroup` and
+/// `task_group` are the ones its control files show: the same values, read while its
+/// only process is stopped (kernel oracle).
+#[test]
+fn cgroup_counters_read_in_the_kernel_are_the_control_files_values() {
+    let test = "cgroup_counters_read_in_the_kernel_are_the_control_files_values";
+    let Some(mut kernel) = load(test) else {
+        return;
+    };
+    if !kernel.features().cgroup_counters.enabled {
+        return; // held to the kernel version by `assert_features_as_expected`
+    }
+    let cgroup = Cgroup::task(&uuid(), "counters");
+    let v2 = cgroup.memory_is_v2();
+    let (memory, cpu) = if v2 {
+        ("unified", "unified")
+    } else {
+        ("memory", "cpu")
+    };
+    let slot = 6;
+    track(&mut kernel, cgroup.cpu_id(), slot, monotonic_ns());
+    kernel
+        .set_slot_cgroups(slot, cgroup.id(memory), cgroup.id(cpu))
+        .unwrap();
+    // A tenth of a CPU for a spinning thread: throttled in most periods.
+    cgroup.set_cpu_quota(10_000, 100_000);
+    let child = cgroup.spawn(burner!().args(["spin", "1", "30"]));
+    thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(child.pid() as i32, libc::SIGSTOP) };
+    thread::sleep(Duration::from_millis(300));
+
+    let (mut threads, mut cgroups) = (Vec::new(), Vec::<CgroupSample>::new());
+    kernel
+        .sample_tracked_threads(&mut threads, &mut cgroups)
+        .unwrap();
+    let read: Vec<&CgroupSample> = cgroups.iter().filter(|c| c.slot == slot).collect();
+    assert_eq!(
+        read.len(),
+        1,
+        "one record for the slot per pass: {cgroups:?}"
+    );
+    let sample = read[0];
+    assert_eq!(
+        sample.parts,
+        cgroup_parts::MEMORY | cgroup_parts::CPU,
+        "both cgroups are the process's"
+    );
+    let page = 4096; // the test machines' page size (x86-64)
+    let file = |hierarchy: &str, name: &str| -> u64 {
+        cgroup.read(hierarchy, name).trim().parse().unwrap()
+    };
+    let usage = file(
+        memory,
+        if v2 {
+            "memory.current"
+        } else {
+            "memory.usage_in_bytes"
+        },
+    );
+    // The process is stopped, but the kernel may still free a few of the cgroup's
+    // objects (RCU-freed slabs) between the two reads.
+    let read_usage = sample.memory_pages * page;
+    assert!(
+        read_usage.abs_diff(usage) <= 16 * page,
+        "usage: kernel {read_usage} bytes, file {usage}"
+    );
+    if cgroup.has_memory_peak() {
+        let peak = file(
+            memory,
+            if v2 {
+                "memory.peak"
+            } else {
+                "memory.max_usage_in_bytes"
+            },
+        );
+        assert_eq!(sample.memory_peak_pages * page, peak, "peak");
+    }
+    if v2 {
+        assert_eq!(
+            sample.swap_pages * page,
+            file(memory, "memory.swap.current")
+        );
+    } else {
+        let kmem = file(memory, "memory.kmem.usage_in_bytes");
+        assert!(
+            (sample.kmem_pages * page).abs_diff(kmem) <= 16 * page,
+            "kernel memory: kernel {} bytes, file {kmem}",
+            sample.kmem_pages * page
+        );
+        assert_eq!(
+            sample.oom_kills,
+            cgroup.stat(memory, "memory.oom_control", "oom_kill")
+        );
+    }
+    let throttled = cgroup.stat(cpu, "cpu.stat", "nr_throttled");
+    assert!(throttled > 0, "the quota throttled the process");
+    assert_eq!(sample.nr_throttled, throttled, "nr_throttled");
+    if v2 {
+        let us = cgroup.stat(cpu, "cpu.stat", "throttled_usec");
+        assert_eq!(sample.throttled_ns / 1000, us, "throttled time");
+    } else {
+        let ns = cgroup.stat(cpu, "cpu.stat", "throttled_time");
+        assert_eq!(sample.throttled_ns, ns, "throttled time");
     }
 }
 

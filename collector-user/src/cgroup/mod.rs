@@ -33,7 +33,8 @@ pub use parse::{
 };
 pub use task::TaskCgroups;
 pub use types::{
-    CpuMax, CpuStat, Limit, MemoryFigures, MemoryStat, Pressure, PressureTotals, ThrottleFigures,
+    CpuMax, CpuStat, KernelCgroupCounters, KernelMemoryCounters, KernelThrottleCounters, Limit,
+    MemoryFigures, MemoryStat, Pressure, PressureTotals, ThrottleFigures,
 };
 
 /// Why a cgroup could not be read.

@@ -3,9 +3,27 @@
 
 use super::{
     dir::CgroupDir,
-    types::{CpuStat, MemoryFigures, Pressure, ThrottleFigures},
+    types::{
+        CpuStat, KernelMemoryCounters, KernelThrottleCounters, MemoryFigures, Pressure,
+        ThrottleFigures,
+    },
     CgroupError,
 };
+
+/// One figure from the counter the kernel read (`kernel`) where the control file it
+/// stands for was there at the previous read (`previous` is `Some(Some(_))`), else from
+/// the file: a file that was absent stays absent (and is looked for again), and a task's
+/// first read is from its files only.
+fn figure(
+    previous: Option<Option<u64>>,
+    kernel: Option<u64>,
+    file: impl FnOnce() -> Result<Option<u64>, CgroupError>,
+) -> Result<Option<u64>, CgroupError> {
+    match (previous, kernel) {
+        (Some(Some(_)), Some(value)) => Ok(Some(value)),
+        _ => file(),
+    }
+}
 
 /// One task's cgroups, in whichever hierarchies it has them. Where a task is in both v1
 /// and v2 (possible on a hybrid host), v1 is read: Nomad on a hybrid host uses v1, and the
@@ -18,9 +36,16 @@ pub struct TaskCgroups {
     pub v2: Option<CgroupDir>,
 }
 
-fn v1_memory(dir: &CgroupDir) -> Result<MemoryFigures, CgroupError> {
+fn v1_memory(
+    dir: &CgroupDir,
+    kernel: Option<&KernelMemoryCounters>,
+    previous: Option<&MemoryFigures>,
+) -> Result<MemoryFigures, CgroupError> {
+    let was = |f: fn(&MemoryFigures) -> Option<u64>| previous.map(f);
     let stat = dir.read_memory_stat()?.unwrap_or_default();
-    let usage = dir.read_memory_usage_in_bytes()?;
+    let usage = figure(was(|m| m.usage), kernel.map(|k| k.usage), || {
+        dir.read_memory_usage_in_bytes()
+    })?;
     let swap = match stat.total_swap.or(stat.swap) {
         Some(swap) => Some(swap),
         None => match (dir.read_memory_memsw_usage_in_bytes()?, usage) {
@@ -34,21 +59,44 @@ fn v1_memory(dir: &CgroupDir) -> Result<MemoryFigures, CgroupError> {
         mapped_file: stat.total_mapped_file.or(stat.mapped_file),
         swap,
         usage,
-        max_usage: dir.read_memory_max_usage_in_bytes()?,
-        kernel_usage: dir.read_memory_kmem_usage_in_bytes()?,
-        kernel_max_usage: dir.read_memory_kmem_max_usage_in_bytes()?,
+        max_usage: figure(was(|m| m.max_usage), kernel.map(|k| k.peak), || {
+            dir.read_memory_max_usage_in_bytes()
+        })?,
+        kernel_usage: figure(
+            was(|m| m.kernel_usage),
+            kernel.and_then(|k| k.kernel_usage),
+            || dir.read_memory_kmem_usage_in_bytes(),
+        )?,
+        kernel_max_usage: figure(
+            was(|m| m.kernel_max_usage),
+            kernel.and_then(|k| k.kernel_peak),
+            || dir.read_memory_kmem_max_usage_in_bytes(),
+        )?,
     })
 }
 
-fn v2_memory(dir: &CgroupDir) -> Result<MemoryFigures, CgroupError> {
+fn v2_memory(
+    dir: &CgroupDir,
+    kernel: Option<&KernelMemoryCounters>,
+    previous: Option<&MemoryFigures>,
+) -> Result<MemoryFigures, CgroupError> {
+    let was = |f: fn(&MemoryFigures) -> Option<u64>| previous.map(f);
     let stat = dir.read_memory_stat()?.unwrap_or_default();
     Ok(MemoryFigures {
         rss: stat.anon,
         cache: stat.file,
         mapped_file: stat.file_mapped,
-        swap: dir.read_memory_swap_current()?,
-        usage: dir.read_memory_current()?,
-        max_usage: dir.read_memory_peak()?,
+        swap: figure(was(|m| m.swap), kernel.and_then(|k| k.swap), || {
+            dir.read_memory_swap_current()
+        })?,
+        usage: figure(was(|m| m.usage), kernel.map(|k| k.usage), || {
+            dir.read_memory_current()
+        })?,
+        // memory.peak (5.19+) shows the counter's watermark; older kernels have the
+        // watermark but not the file, so the previous read keeps it absent there.
+        max_usage: figure(was(|m| m.max_usage), kernel.map(|k| k.peak), || {
+            dir.read_memory_peak()
+        })?,
         kernel_usage: stat.kernel,
         kernel_max_usage: None,
     })
@@ -72,17 +120,50 @@ fn v2_throttling(stat: Option<CpuStat>) -> ThrottleFigures {
 
 impl TaskCgroups {
     /// Memory figures (spec §3): v1 memory controller if the task has it, else v2; all
-    /// `None` when neither has memory accounting.
-    pub fn read_memory(&self) -> Result<MemoryFigures, CgroupError> {
+    /// `None` when neither has memory accounting. `memory.stat` is always read; each
+    /// single-value file is replaced by its counter from `kernel`, where the previous
+    /// read (`previous`) found the file.
+    pub fn read_memory(
+        &self,
+        kernel: Option<&KernelMemoryCounters>,
+        previous: Option<&MemoryFigures>,
+    ) -> Result<MemoryFigures, CgroupError> {
         match (&self.memory, &self.v2) {
-            (Some(dir), _) => v1_memory(dir),
-            (None, Some(dir)) => v2_memory(dir),
+            (Some(dir), _) => v1_memory(dir, kernel, previous),
+            (None, Some(dir)) => v2_memory(dir, kernel, previous),
             (None, None) => Ok(MemoryFigures::default()),
         }
     }
 
-    /// Throttling counters: v1 cpu controller `cpu.stat`, else v2 `cpu.stat`.
-    pub fn read_throttling(&self) -> Result<ThrottleFigures, CgroupError> {
+    /// The directory [`TaskCgroups::read_memory`] reads.
+    pub fn memory_dir(&self) -> Option<&CgroupDir> {
+        self.memory.as_ref().or(self.v2.as_ref())
+    }
+
+    /// The directory [`TaskCgroups::read_throttling`] reads.
+    pub fn cpu_dir(&self) -> Option<&CgroupDir> {
+        self.cpu.as_ref().or(self.v2.as_ref())
+    }
+
+    /// Throttling counters: v1 cpu controller `cpu.stat`, else v2 `cpu.stat`; from
+    /// `kernel` instead where the previous read (`previous`) found them.
+    pub fn read_throttling(
+        &self,
+        kernel: Option<&KernelThrottleCounters>,
+        previous: &ThrottleFigures,
+    ) -> Result<ThrottleFigures, CgroupError> {
+        let v1 = self.cpu.is_some();
+        if let (Some(k), Some(_), Some(_)) = (kernel, previous.periods, previous.time_ns) {
+            return Ok(ThrottleFigures {
+                periods: Some(k.nr_throttled),
+                // cgroup v2's cpu.stat shows whole µs.
+                time_ns: Some(if v1 {
+                    k.throttled_ns
+                } else {
+                    k.throttled_ns / 1000 * 1000
+                }),
+            });
+        }
         match (&self.cpu, &self.v2) {
             (Some(dir), _) => Ok(v1_throttling(dir.read_cpu_stat()?)),
             (None, Some(dir)) => Ok(v2_throttling(dir.read_cpu_stat()?)),
@@ -104,10 +185,18 @@ impl TaskCgroups {
     }
 
     /// Processes the kernel's OOM killer killed in the task's memory cgroup: v1
-    /// `memory.oom_control`, else v2 `memory.events`.
-    pub fn read_oom_kills(&self) -> Result<Option<u64>, CgroupError> {
+    /// `memory.oom_control` (or its counter from `kernel`, where the previous read found
+    /// it), else v2 `memory.events`, always from the file: with cgroup2's
+    /// `memory_localevents` mount option it shows a different counter.
+    pub fn read_oom_kills(
+        &self,
+        kernel: Option<&KernelMemoryCounters>,
+        previous: Option<u64>,
+    ) -> Result<Option<u64>, CgroupError> {
         match (&self.memory, &self.v2) {
-            (Some(dir), _) => dir.read_memory_oom_control_oom_kill(),
+            (Some(dir), _) => figure(Some(previous), kernel.map(|k| k.oom_kills), || {
+                dir.read_memory_oom_control_oom_kill()
+            }),
             (None, Some(dir)) => dir.read_memory_events_oom_kill(),
             (None, None) => Ok(None),
         }

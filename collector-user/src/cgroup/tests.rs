@@ -488,7 +488,7 @@ fn v1_memory_cpu_and_throttling() {
     let mut d = discovery(r, proc.path());
     let tasks = d.scan();
     let cg = d.task_cgroups(&tasks[0]);
-    let m = cg.read_memory().unwrap();
+    let m = cg.read_memory(None, None).unwrap();
     assert_eq!(
         m,
         MemoryFigures {
@@ -505,7 +505,8 @@ fn v1_memory_cpu_and_throttling() {
     );
     assert_eq!(m.measured().len(), 8);
     assert_eq!(
-        cg.read_throttling().unwrap(),
+        cg.read_throttling(None, &ThrottleFigures::default())
+            .unwrap(),
         ThrottleFigures {
             periods: Some(7),
             time_ns: Some(123456)
@@ -526,7 +527,7 @@ fn v1_memory_cpu_and_throttling() {
     // A fresh reader: the old one keeps its files open, and a removed file of a fake tree
     // would still read (cgroupfs never removes one under a reader without ENODEV).
     let cg = d.task_cgroups(&tasks[0]);
-    let m = cg.read_memory().unwrap();
+    let m = cg.read_memory(None, None).unwrap();
     assert_eq!((m.rss, m.cache, m.mapped_file), (Some(2), Some(1), Some(3)));
     assert_eq!(m.swap, Some(8999));
     assert_eq!((m.kernel_usage, m.kernel_max_usage), (None, None));
@@ -537,14 +538,17 @@ fn v1_memory_cpu_and_throttling() {
 
     // memsw below usage (raced between reads): saturates at 0. Without memsw: no swap.
     write(r, &format!("{mem}/memory.memsw.usage_in_bytes"), "10\n");
-    assert_eq!(cg.read_memory().unwrap().swap, Some(0));
+    assert_eq!(cg.read_memory(None, None).unwrap().swap, Some(0));
     fs::remove_file(r.join(format!("{mem}/memory.memsw.usage_in_bytes"))).unwrap();
     let cg = d.task_cgroups(&tasks[0]);
-    assert_eq!(cg.read_memory().unwrap().swap, None);
+    assert_eq!(cg.read_memory(None, None).unwrap().swap, None);
 
     // Garbage where a number belongs is a parse error, not a panic.
     write(r, &format!("{mem}/memory.usage_in_bytes"), "lots\n");
-    assert!(matches!(cg.read_memory(), Err(CgroupError::Parse { .. })));
+    assert!(matches!(
+        cg.read_memory(None, None),
+        Err(CgroupError::Parse { .. })
+    ));
 }
 
 #[test]
@@ -577,7 +581,7 @@ fn v2_memory_cpu_throttling_and_limits() {
     let mut d = discovery(r, proc.path());
     let tasks = d.scan();
     let cg = d.task_cgroups(&tasks[0]);
-    let m = cg.read_memory().unwrap();
+    let m = cg.read_memory(None, None).unwrap();
     assert_eq!(
         m,
         MemoryFigures {
@@ -606,12 +610,13 @@ fn v2_memory_cpu_throttling_and_limits() {
     write(r, &format!("{dir}/memory.peak"), "450\n");
     // A file that appears is looked for again only every ABSENT_RETRY reads.
     for _ in 0..crate::cgroup::control_files::ABSENT_RETRY {
-        assert_eq!(cg.read_memory().unwrap().max_usage, None);
+        assert_eq!(cg.read_memory(None, None).unwrap().max_usage, None);
     }
-    assert_eq!(cg.read_memory().unwrap().max_usage, Some(450));
+    assert_eq!(cg.read_memory(None, None).unwrap().max_usage, Some(450));
 
     assert_eq!(
-        cg.read_throttling().unwrap(),
+        cg.read_throttling(None, &ThrottleFigures::default())
+            .unwrap(),
         ThrottleFigures {
             periods: Some(3),
             time_ns: Some(250_000)
@@ -625,9 +630,93 @@ fn v2_memory_cpu_throttling_and_limits() {
         &format!("{dir}/cpu.stat"),
         "usage_usec 10\nuser_usec 6\nsystem_usec 4\n",
     );
-    let throttling = cg.read_throttling().unwrap();
+    let throttling = cg
+        .read_throttling(None, &ThrottleFigures::default())
+        .unwrap();
     assert_eq!(throttling, ThrottleFigures::default());
     assert!(throttling.measured().is_empty());
+}
+
+#[test]
+fn kernel_counters_stand_in_only_for_files_the_previous_read_found() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    write(r, "cgroup.controllers", "cpu memory\n");
+    let dir = format!("nomad.slice/share.slice/{A}.web.scope");
+    write(
+        r,
+        &format!("{dir}/memory.stat"),
+        "anon 100\nfile 200\nfile_mapped 30\n",
+    );
+    write(r, &format!("{dir}/memory.current"), "400\n");
+    write(r, &format!("{dir}/memory.swap.current"), "7\n");
+    write(
+        r,
+        &format!("{dir}/cpu.stat"),
+        "usage_usec 1\nuser_usec 1\nsystem_usec 0\nnr_periods 10\nnr_throttled 3\nthrottled_usec 250\n",
+    );
+    write(r, &format!("{dir}/cgroup.procs"), "9\n");
+    let proc = empty_proc();
+    let mut d = discovery(r, proc.path());
+    let tasks = d.scan();
+    let cg = d.task_cgroups(&tasks[0]);
+    let kernel = KernelMemoryCounters {
+        usage: 4096,
+        peak: 8192,
+        swap: Some(0),
+        kernel_usage: Some(1),
+        kernel_peak: Some(2),
+        oom_kills: 5,
+    };
+    // A first read is from the files, whatever the kernel read.
+    let first = cg.read_memory(Some(&kernel), None).unwrap();
+    assert_eq!(
+        (first.usage, first.swap, first.max_usage),
+        (Some(400), Some(7), None)
+    );
+    // Then the counters stand in for the files that were there; memory.stat is still
+    // read, and memory.peak (absent: before 5.19) stays absent.
+    write(
+        r,
+        &format!("{dir}/memory.stat"),
+        "anon 101\nfile 200\nfile_mapped 30\n",
+    );
+    let next = cg.read_memory(Some(&kernel), Some(&first)).unwrap();
+    assert_eq!(
+        next,
+        MemoryFigures {
+            rss: Some(101),
+            cache: Some(200),
+            mapped_file: Some(30),
+            swap: Some(0),
+            usage: Some(4096),
+            max_usage: None,
+            kernel_usage: None,
+            kernel_max_usage: None,
+        }
+    );
+    // Without a kernel reading (its process was not in the cgroup), the files again.
+    assert_eq!(cg.read_memory(None, Some(&next)).unwrap().usage, Some(400));
+
+    let throttle = KernelThrottleCounters {
+        nr_throttled: 4,
+        throttled_ns: 300_999,
+    };
+    let first = cg
+        .read_throttling(Some(&throttle), &ThrottleFigures::default())
+        .unwrap();
+    assert_eq!(first.periods, Some(3));
+    assert_eq!(
+        cg.read_throttling(Some(&throttle), &first).unwrap(),
+        ThrottleFigures {
+            periods: Some(4),
+            time_ns: Some(300_000),
+        },
+        "whole microseconds, as v2's cpu.stat shows them"
+    );
+    // v2's OOM kills always come from memory.events.
+    write(r, &format!("{dir}/memory.events"), "oom 1\noom_kill 1\n");
+    assert_eq!(cg.read_oom_kills(Some(&kernel), Some(1)).unwrap(), Some(1));
 }
 
 #[test]
@@ -648,12 +737,22 @@ fn v2_without_controllers_reads_all_none() {
     let mut d = discovery(r, proc.path());
     let tasks = d.scan();
     let cg = d.task_cgroups(&tasks[0]);
-    assert_eq!(cg.read_memory().unwrap(), MemoryFigures::default());
-    assert_eq!(cg.read_throttling().unwrap(), ThrottleFigures::default());
+    assert_eq!(
+        cg.read_memory(None, None).unwrap(),
+        MemoryFigures::default()
+    );
+    assert_eq!(
+        cg.read_throttling(None, &ThrottleFigures::default())
+            .unwrap(),
+        ThrottleFigures::default()
+    );
     assert!(cg.read_procs().unwrap().is_empty());
     // A task with no readers at all.
     let nothing = TaskCgroups::default();
-    assert_eq!(nothing.read_memory().unwrap(), MemoryFigures::default());
+    assert_eq!(
+        nothing.read_memory(None, None).unwrap(),
+        MemoryFigures::default()
+    );
     assert!(nothing.read_procs().unwrap().is_empty());
 }
 
@@ -675,7 +774,7 @@ fn cgroup_removed_after_discovery_is_vanished() {
     let mut d = discovery(r, proc.path());
     let tasks = d.scan();
     let cg = d.task_cgroups(&tasks[0]);
-    assert!(cg.read_memory().is_ok());
+    assert!(cg.read_memory(None, None).is_ok());
     for dir in [mem, format!("cpu,cpuacct/nomad/{A}.web"), v2] {
         fs::remove_dir_all(r.join(dir)).unwrap();
     }
@@ -683,17 +782,20 @@ fn cgroup_removed_after_discovery_is_vanished() {
         Err(CgroupError::Vanished(path)) => assert!(path.starts_with(r), "{}", path.display()),
         other => panic!("expected Vanished, got {other:?}"),
     };
-    vanished(cg.read_memory().map(drop));
-    vanished(cg.read_throttling().map(drop));
+    vanished(cg.read_memory(None, None).map(drop));
+    vanished(
+        cg.read_throttling(None, &ThrottleFigures::default())
+            .map(drop),
+    );
     vanished(cg.read_procs().map(drop));
     vanished(cg.cpu.as_ref().unwrap().inode().map(drop));
     vanished(cg.v2.as_ref().unwrap().descendants().map(drop));
-    assert!(cg.read_memory().unwrap_err().is_vanished());
+    assert!(cg.read_memory(None, None).unwrap_err().is_vanished());
     let v2only = TaskCgroups {
         v2: cg.v2.clone(),
         ..TaskCgroups::default()
     };
-    vanished(v2only.read_memory().map(drop));
+    vanished(v2only.read_memory(None, None).map(drop));
     assert!(d.scan().is_empty());
 }
 
@@ -892,13 +994,14 @@ fn real_kernel_v2_scope_is_discovered_and_read() {
         .expect("cpu.stat is always in cgroup2");
     assert!(stat.user_usec.is_some() && stat.system_usec.is_some());
     // Whatever controllers are enabled here, reading memory must not fail.
-    cg.read_memory().unwrap();
-    cg.read_throttling().unwrap();
+    cg.read_memory(None, None).unwrap();
+    cg.read_throttling(None, &ThrottleFigures::default())
+        .unwrap();
 
     drop(guard);
     assert!(!scope.exists(), "scope left behind");
     assert!(matches!(
-        cg.read_throttling(),
+        cg.read_throttling(None, &ThrottleFigures::default()),
         Err(CgroupError::Vanished(_))
     ));
     assert!(d.scan().iter().all(|t| t.alloc_id != alloc));

@@ -63,6 +63,40 @@ pub struct CpuStat {
     pub throttled_time: Option<u64>,
 }
 
+/// What the kernel's structs behind a task cgroup's single-value control files held,
+/// as the task iterator read them (bytes and counts); see [`super::TaskCgroups`] for
+/// when each stands in for its file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCgroupCounters {
+    /// The task's memory cgroup (`mem_cgroup`), when the iterator met one of its
+    /// processes in it.
+    pub memory: Option<KernelMemoryCounters>,
+    /// The task's cpu cgroup's CFS bandwidth counters, likewise.
+    pub throttling: Option<KernelThrottleCounters>,
+}
+
+/// `memory.usage_in_bytes`/`memory.current`, `memory.max_usage_in_bytes`/`memory.peak`,
+/// v2 `memory.swap.current`, v1 `memory.kmem.usage_in_bytes` and
+/// `memory.kmem.max_usage_in_bytes` (`None` where the kernel has no such counter), and
+/// the OOM kills of v1 `memory.oom_control`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelMemoryCounters {
+    pub usage: u64,
+    pub peak: u64,
+    /// cgroup v2 only: on v1 the same kernel counter is memory + swap.
+    pub swap: Option<u64>,
+    pub kernel_usage: Option<u64>,
+    pub kernel_peak: Option<u64>,
+    pub oom_kills: u64,
+}
+
+/// `cpu.stat`'s `nr_throttled` and throttled time, in ns (v2's file rounds it to µs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelThrottleCounters {
+    pub nr_throttled: u64,
+    pub throttled_ns: u64,
+}
+
 /// A task's memory figures in bytes; `None` = not measured on this host.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryFigures {

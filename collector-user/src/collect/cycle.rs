@@ -114,7 +114,13 @@ impl Collector {
                     continue;
                 }
             };
-            match refresh_cgroup_figures(task, at) {
+            let cgroup_counters = sources
+                .ebpf
+                .as_deref()
+                .filter(|e| kernel.is_some() && e.has_processes())
+                .zip(task.counter_cgroups)
+                .and_then(|(e, c)| e.cgroup_counters_in(c.id));
+            match refresh_cgroup_figures(task, cgroup_counters.as_ref(), at) {
                 Ok(()) => {}
                 Err(true) => {
                     vanished.push(key.clone());

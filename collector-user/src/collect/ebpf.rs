@@ -4,17 +4,31 @@
 
 use std::collections::{HashMap, HashSet};
 
-use collector_common::{sample_flags, CgroupCpu, ThreadSample, TrackedCgroup};
+use collector_common::{
+    cgroup_parts, sample_flags, CgroupCpu, CgroupSample, KernelLayout, ThreadSample, TrackedCgroup,
+};
 use tracing::{info, warn};
 
 use super::fastmap::FastMap;
 use crate::{
+    cgroup::{KernelCgroupCounters, KernelMemoryCounters, KernelThrottleCounters},
     kernel::{
         AttachedPrograms, Attribution, KernelAccounting, KernelError, KernelFeatures,
         KernelOptions, KernelStats, ProgramRunStats,
     },
     sample::{CpuTimes, KernelCounters, ProcessMemory, ProcessSample},
 };
+
+/// What the kernel is to track for one cgroup id.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tracking {
+    /// CLOCK_MONOTONIC ns from which its threads' time counts.
+    pub since_ns: u64,
+    /// Ids of the memory and cpu cgroups whose counters the task iterator reads at its
+    /// processes (a task's own cgroup); 0 for none (its child cgroups).
+    pub memory_id: u64,
+    pub cpu_id: u64,
+}
 
 /// Which counter slots are in use. A slot given up is quarantined until the next
 /// [`Slots::start_sync`], at least one interval later: a program that looked the old
@@ -96,6 +110,8 @@ pub struct EbpfSource {
     checkpoint_failures: u64,
     counters: Vec<CgroupCpu>,
     samples: Vec<ThreadSample>,
+    /// The last pass's cgroup counters, sorted by slot.
+    cgroup_samples: Vec<CgroupSample>,
     /// The last pass's processes, by the counter slot of their cgroup (see
     /// [`EbpfSource::processes_in`]).
     processes: SlotProcesses,
@@ -182,6 +198,30 @@ fn fold_thread(process: &mut ProcessSample, thread: &ThreadSample, page_size: u6
     }
 }
 
+/// A [`CgroupSample`] in bytes, with the counters this kernel does not have `None`.
+fn cgroup_counters(
+    sample: &CgroupSample,
+    layout: &KernelLayout,
+    page_size: u64,
+) -> KernelCgroupCounters {
+    let bytes = |pages: u64| pages.saturating_mul(page_size);
+    let has = |offset: u32, value: u64| (offset != 0).then_some(value);
+    KernelCgroupCounters {
+        memory: (sample.parts & cgroup_parts::MEMORY != 0).then(|| KernelMemoryCounters {
+            usage: bytes(sample.memory_pages),
+            peak: bytes(sample.memory_peak_pages),
+            swap: has(layout.memcg_swap_usage, bytes(sample.swap_pages)),
+            kernel_usage: has(layout.memcg_kmem_usage, bytes(sample.kmem_pages)),
+            kernel_peak: has(layout.memcg_kmem_watermark, bytes(sample.kmem_peak_pages)),
+            oom_kills: sample.oom_kills,
+        }),
+        throttling: (sample.parts & cgroup_parts::CPU != 0).then_some(KernelThrottleCounters {
+            nr_throttled: sample.nr_throttled,
+            throttled_ns: sample.throttled_ns,
+        }),
+    }
+}
+
 impl EbpfSource {
     pub fn load(options: &KernelOptions) -> Result<Self, KernelError> {
         let kernel = KernelAccounting::load(options)?;
@@ -217,6 +257,7 @@ impl EbpfSource {
             checkpoint_failures: 0,
             counters: Vec::new(),
             samples: Vec::new(),
+            cgroup_samples: Vec::new(),
             processes: SlotProcesses::default(),
             processes_read: false,
             page_size: crate::procfs::page_size(),
@@ -276,14 +317,25 @@ impl EbpfSource {
 
     /// Makes the kernel attribute exactly the cgroups in `wanted` (id -> since_ns).
     /// Returns the ids that could not be tracked because the map is full.
-    pub fn sync(&mut self, wanted: &HashMap<u64, u64>) -> Result<HashSet<u64>, KernelError> {
+    pub fn sync(&mut self, wanted: &HashMap<u64, Tracking>) -> Result<HashSet<u64>, KernelError> {
         let mut changed = false;
         if !self.reconciled {
             // Entries pinned by a previous run: keep those still wanted (their counters
             // continue), drop the rest.
             let mut used = HashSet::new();
             for (id, entry) in self.kernel.tracked_entries()? {
-                if wanted.contains_key(&id) && entry.slot < self.max_tracked {
+                let Some(tracking) = wanted.get(&id) else {
+                    self.kernel.untrack(id);
+                    changed = true;
+                    continue;
+                };
+                if entry.slot < self.max_tracked {
+                    // The slots' cgroups are not pinned: registered again.
+                    self.kernel.set_slot_cgroups(
+                        entry.slot,
+                        tracking.memory_id,
+                        tracking.cpu_id,
+                    )?;
                     self.tracked.insert(id, entry.slot);
                     used.insert(entry.slot);
                 } else {
@@ -310,7 +362,7 @@ impl EbpfSource {
             changed = true;
         }
         let mut untracked = HashSet::new();
-        for (&id, &since_ns) in wanted {
+        for (&id, tracking) in wanted {
             if self.tracked.contains_key(&id) {
                 continue;
             }
@@ -320,9 +372,11 @@ impl EbpfSource {
             };
             let entry = TrackedCgroup {
                 slot,
-                since_ns,
+                since_ns: tracking.since_ns,
                 ..TrackedCgroup::default()
             };
+            self.kernel
+                .set_slot_cgroups(slot, tracking.memory_id, tracking.cpu_id)?;
             if self.kernel.track(id, entry)? {
                 self.tracked.insert(id, slot);
                 changed = true;
@@ -391,13 +445,33 @@ impl EbpfSource {
     /// (see [`EbpfSource::processes_in`]). Without the iterator, nothing is read and
     /// every cgroup shows no process.
     pub fn sample_processes(&mut self) -> Result<(), KernelError> {
-        let result = self.kernel.sample_tracked_threads(&mut self.samples);
+        let result = self
+            .kernel
+            .sample_tracked_threads(&mut self.samples, &mut self.cgroup_samples);
         self.processes_read = result.is_ok();
         if result.is_err() {
             self.samples.clear();
+            self.cgroup_samples.clear();
         }
         self.processes.fold(&self.samples, self.page_size);
+        self.cgroup_samples.sort_unstable_by_key(|c| c.slot);
         result
+    }
+
+    /// The counters the last [`EbpfSource::sample_processes`] read in the kernel for
+    /// tracked cgroup `id`'s memory and cpu cgroups (see [`Tracking`]); `None` when it
+    /// met none of its processes there.
+    pub fn cgroup_counters_in(&self, id: u64) -> Option<KernelCgroupCounters> {
+        let &slot = self.tracked.get(&id)?;
+        let at = self
+            .cgroup_samples
+            .binary_search_by_key(&slot, |c| c.slot)
+            .ok()?;
+        Some(cgroup_counters(
+            &self.cgroup_samples[at],
+            self.kernel.layout(),
+            self.page_size,
+        ))
     }
 
     /// Whether the last [`EbpfSource::sample_processes`] read every tracked cgroup's

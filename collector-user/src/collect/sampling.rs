@@ -14,6 +14,7 @@ use super::{
     tasks::{Members, TaskEntry},
 };
 use crate::{
+    cgroup::KernelCgroupCounters,
     procfs::ProcReader,
     sample::{self, KernelCounters, ProcessSample},
 };
@@ -211,16 +212,24 @@ fn read_process_memory(procs: &mut ProcReader, pid: u32) -> Option<sample::Proce
     })
 }
 
-/// Reads the task's cgroup memory and throttling. `Err(true)`: the cgroup is gone;
-/// `Err(false)`: a read failed (logged; the previous figures stay).
-pub(super) fn refresh_cgroup_figures(task: &mut TaskEntry, at: Instant) -> Result<(), bool> {
+/// Reads the task's cgroup memory, throttling, pressure and OOM kills; the counters the
+/// task iterator read in the kernel (`kernel`) stand in for the single-value control
+/// files (see [`crate::cgroup::TaskCgroups::read_memory`]). `Err(true)`: the cgroup is
+/// gone; `Err(false)`: a read failed (logged; the previous figures stay).
+pub(super) fn refresh_cgroup_figures(
+    task: &mut TaskEntry,
+    kernel: Option<&KernelCgroupCounters>,
+    at: Instant,
+) -> Result<(), bool> {
     let Some(cgroups) = task.cgroups() else {
         return Ok(());
     };
-    let memory = cgroups.read_memory();
-    let throttling = cgroups.read_throttling();
+    let kernel_memory = kernel.and_then(|k| k.memory.as_ref());
+    let memory = cgroups.read_memory(kernel_memory, task.memory.as_ref());
+    let throttling =
+        cgroups.read_throttling(kernel.and_then(|k| k.throttling.as_ref()), &task.throttling);
     let pressure = cgroups.read_pressure();
-    let oom_kills = cgroups.read_oom_kills();
+    let oom_kills = cgroups.read_oom_kills(kernel_memory, task.oom_kills);
     match (memory, throttling, pressure, oom_kills) {
         (Ok(memory), Ok(throttling), Ok(pressure), Ok(oom_kills)) => {
             task.memory = Some(memory);

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     assemble::{PidFigures, TaskFigures},
+    ebpf::Tracking,
     rates::{CounterTrack, CpuRates},
 };
 use crate::{
@@ -57,6 +58,10 @@ pub struct TaskEntry {
     /// Cgroup ids the kernel attributes to this task (its cgroups in the attribution
     /// hierarchies and their descendants). Empty: not measurable by eBPF.
     pub attribution: Vec<u64>,
+    /// The task's own cgroup among `attribution` (the one its processes are in unless
+    /// they sit in child cgroups), with the ids of the memory and cpu cgroups whose
+    /// counters the kernel reads alongside its processes.
+    pub counter_cgroups: Option<CounterCgroups>,
     attribution_checked: u64,
     /// CLOCK_MONOTONIC ns from which the kernel counts this task's threads' time.
     pub since_ns: u64,
@@ -81,6 +86,14 @@ pub struct TaskEntry {
     pub figures: Option<Arc<TaskFigures>>,
 }
 
+/// See [`TaskEntry::counter_cgroups`]: cgroup ids (directory inodes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterCgroups {
+    pub id: u64,
+    pub memory_id: u64,
+    pub cpu_id: u64,
+}
+
 /// How often (in cycles) a task's child cgroups are looked for again. Tasks are spread
 /// over the period so that a thousand tasks found together do not all rescan in the
 /// same cycle.
@@ -102,6 +115,7 @@ impl TaskEntry {
             cgroup_paths,
             fingerprint,
             attribution: Vec::new(),
+            counter_cgroups: None,
             attribution_checked: 0,
             since_ns,
             cpu: CounterTrack::default(),
@@ -439,8 +453,17 @@ impl TaskSet {
             let Some(cgroups) = task.cgroups() else {
                 continue;
             };
+            let dirs = attribution_dirs(cgroups, attribution);
+            let inode = |dir: Option<&CgroupDir>| dir.and_then(|d| d.inode().ok());
+            // The kernel looks a thread's v1 cgroup up first, so the first directory is
+            // where the task's own processes get their slot.
+            let counter_cgroups = inode(dirs.first().copied()).map(|id| CounterCgroups {
+                id,
+                memory_id: inode(cgroups.memory_dir()).unwrap_or(0),
+                cpu_id: inode(cgroups.cpu_dir()).unwrap_or(0),
+            });
             let mut ids = Vec::new();
-            for dir in attribution_dirs(cgroups, attribution) {
+            for dir in dirs {
                 match dir.inode() {
                     Ok(id) => ids.push(id),
                     Err(e) => {
@@ -455,6 +478,7 @@ impl TaskSet {
             }
             ids.sort_unstable();
             ids.dedup();
+            task.counter_cgroups = counter_cgroups;
             if task.attribution != ids {
                 task.attribution = ids;
                 self.generation += 1;
@@ -476,11 +500,22 @@ impl TaskSet {
         self.generation
     }
 
-    /// Every cgroup id to track, with the time its task counts from.
-    pub fn attribution_ids(&self) -> HashMap<u64, u64> {
+    /// Every cgroup id to track: the time its task counts from, and for each task's own
+    /// cgroup the memory and cpu cgroups whose counters are read with it.
+    pub fn attribution_ids(&self) -> HashMap<u64, Tracking> {
         self.tasks
             .values()
-            .flat_map(|t| t.attribution.iter().map(|&id| (id, t.since_ns)))
+            .flat_map(|t| {
+                t.attribution.iter().map(move |&id| {
+                    let counters = t.counter_cgroups.filter(|c| c.id == id);
+                    let tracking = Tracking {
+                        since_ns: t.since_ns,
+                        memory_id: counters.map_or(0, |c| c.memory_id),
+                        cpu_id: counters.map_or(0, |c| c.cpu_id),
+                    };
+                    (id, tracking)
+                })
+            })
             .collect()
     }
 }

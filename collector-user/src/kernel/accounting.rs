@@ -19,7 +19,8 @@ use aya::{
     Btf as AyaBtf, Ebpf, EbpfError, EbpfLoader,
 };
 use collector_common::{
-    control, stat, CgroupCpu, KernelLayout, ThreadEntry, ThreadSample, ThreadState, TrackedCgroup,
+    control, sample_flags, stat, CgroupCpu, CgroupSample, KernelLayout, SlotCgroups, ThreadEntry,
+    ThreadSample, ThreadState, TrackedCgroup,
 };
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
@@ -47,6 +48,7 @@ const ITER_PROGRAM: &str = "tracked_threads";
 const TRACKED_MAP: &str = "TRACKED_CGROUPS";
 const CGROUP_CPU_MAP: &str = "CGROUP_CPU";
 const CONTROL_MAP: &str = "CONTROL";
+const SLOT_CGROUPS_MAP: &str = "SLOT_CGROUPS";
 const STATS_MAP: &str = "STATS";
 const THREAD_STATE_MAP: &str = "THREAD_STATE";
 const THREAD_HASH_MAP: &str = "THREAD_STATE_HASH";
@@ -141,6 +143,7 @@ pub struct KernelAccounting {
     ebpf: Ebpf,
     tracked: BpfHashMap<MapData, u64, TrackedCgroup>,
     cgroup_cpu: Array<MapData, CgroupCpu>,
+    slot_cgroups: Array<MapData, SlotCgroups>,
     control: Array<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
     _switch_link: SwitchLink,
@@ -329,7 +332,8 @@ impl KernelAccounting {
             .allow_unsupported_maps()
             .override_global("LAYOUT", layout, true)
             .map_max_entries(TRACKED_MAP, options.max_tracked_cgroups)
-            .map_max_entries(CGROUP_CPU_MAP, options.max_tracked_cgroups);
+            .map_max_entries(CGROUP_CPU_MAP, options.max_tracked_cgroups)
+            .map_max_entries(SLOT_CGROUPS_MAP, options.max_tracked_cgroups);
         if store == ThreadStateStore::Hash {
             loader.map_max_entries(THREAD_HASH_MAP, options.max_threads);
         }
@@ -406,6 +410,17 @@ impl KernelAccounting {
             thread_state: store,
             checkpoint: feature_of(&checkpoint_prog_fd),
             process_iter: feature_of(&iter_prog_fd),
+            cgroup_counters: match (&iter_prog_fd, layout.css_set_memory_subsys) {
+                (Err(_), _) => Feature::off(
+                    "the task iterator is off: cgroup memory and throttling counters are \
+                     read from the control files",
+                ),
+                (Ok(_), 0) => Feature::off(
+                    "this kernel's struct mem_cgroup is not one this daemon knows (BTF): \
+                     cgroup memory and throttling counters are read from the control files",
+                ),
+                (Ok(_), _) => Feature::on(),
+            },
             cpu_wait: if layout.task_run_delay != 0 {
                 Feature::on()
             } else {
@@ -415,6 +430,9 @@ impl KernelAccounting {
                 )
             },
         };
+        if !features.cgroup_counters.enabled {
+            warn!(reason = ?features.cgroup_counters.reason, "reading cgroup counters in the kernel is off");
+        }
         if !features.cpu_wait.enabled {
             warn!(reason = ?features.cpu_wait.reason, "CPU wait per task is off");
         }
@@ -464,6 +482,8 @@ impl KernelAccounting {
             BpfHashMap::try_from(take(&mut ebpf, TRACKED_MAP)?).map_err(map_err(TRACKED_MAP))?;
         let cgroup_cpu =
             Array::try_from(take(&mut ebpf, CGROUP_CPU_MAP)?).map_err(map_err(CGROUP_CPU_MAP))?;
+        let slot_cgroups = Array::try_from(take(&mut ebpf, SLOT_CGROUPS_MAP)?)
+            .map_err(map_err(SLOT_CGROUPS_MAP))?;
         let control =
             Array::try_from(take(&mut ebpf, CONTROL_MAP)?).map_err(map_err(CONTROL_MAP))?;
         let stats =
@@ -473,6 +493,7 @@ impl KernelAccounting {
             ebpf,
             tracked,
             cgroup_cpu,
+            slot_cgroups,
             control,
             stats,
             _switch_link: switch_link,
@@ -548,6 +569,24 @@ impl KernelAccounting {
         }
     }
 
+    /// Registers the memory and cpu cgroups (ids; 0 = none) whose counters the task
+    /// iterator reports with `slot`, replacing what the slot had.
+    pub fn set_slot_cgroups(
+        &mut self,
+        slot: u32,
+        memory_id: u64,
+        cpu_id: u64,
+    ) -> Result<(), KernelError> {
+        let entry = SlotCgroups {
+            memory_id,
+            cpu_id,
+            session: 0,
+        };
+        self.slot_cgroups
+            .set(slot, entry, 0)
+            .map_err(map_err(SLOT_CGROUPS_MAP))
+    }
+
     /// Stops tracking cgroup `id`. Absent ids are fine.
     pub fn untrack(&mut self, id: u64) {
         let _ = self.tracked.remove(&id);
@@ -609,11 +648,13 @@ impl KernelAccounting {
         })
     }
 
-    /// Runs the task iterator over every task on the host and replaces `out` with one
-    /// sample per thread of a tracked cgroup.
+    /// Runs the task iterator over every task on the host and replaces `threads` with
+    /// one sample per thread of a tracked cgroup and `cgroups` with the counters of the
+    /// tracked cgroups it could read them for.
     pub fn sample_tracked_threads(
         &mut self,
-        out: &mut Vec<ThreadSample>,
+        threads: &mut Vec<ThreadSample>,
+        cgroups: &mut Vec<CgroupSample>,
     ) -> Result<(), KernelError> {
         let io = |what| move |source| KernelError::Io { what, source };
         let Some(link) = &self.iter_link else {
@@ -623,8 +664,14 @@ impl KernelAccounting {
         self.read_buf.clear();
         file.read_to_end(&mut self.read_buf)
             .map_err(io("reading the task iterator"))?;
-        out.clear();
-        out.extend(thread_samples(&self.read_buf));
+        threads.clear();
+        cgroups.clear();
+        for record in self.read_buf.chunks_exact(size_of::<ThreadSample>()) {
+            match record_of(record) {
+                Record::Thread(t) => threads.push(t),
+                Record::Cgroup(c) => cgroups.push(c),
+            }
+        }
         Ok(())
     }
 
@@ -827,13 +874,27 @@ fn probe_task_iter(link: std::os::fd::BorrowedFd<'_>) -> Result<(), KernelError>
     Ok(())
 }
 
-/// The records of a task iterator's output.
-fn thread_samples(buf: &[u8]) -> impl Iterator<Item = ThreadSample> + '_ {
-    buf.chunks_exact(size_of::<ThreadSample>()).map(|chunk| {
-        // SAFETY: ThreadSample is plain-old-data of exactly this size; the buffer
-        // carries no alignment guarantee, hence read_unaligned.
-        unsafe { chunk.as_ptr().cast::<ThreadSample>().read_unaligned() }
-    })
+/// One record of the task iterator's output.
+enum Record {
+    Thread(ThreadSample),
+    Cgroup(CgroupSample),
+}
+
+/// Decodes one record (`record` is one chunk of the record size): both kinds have the
+/// same size and their `flags` at the same offset, which tells them apart.
+fn record_of(record: &[u8]) -> Record {
+    debug_assert_eq!(record.len(), size_of::<ThreadSample>());
+    let thread = record.as_ptr().cast::<ThreadSample>();
+    // SAFETY: ThreadSample and CgroupSample are plain-old-data of exactly this chunk's
+    // size (asserted in collector-common), so any bytes are a valid value of either; the
+    // buffer carries no alignment guarantee, hence read_unaligned.
+    let as_thread = unsafe { thread.read_unaligned() };
+    if as_thread.flags & sample_flags::CGROUP == 0 {
+        Record::Thread(as_thread)
+    } else {
+        // SAFETY: as above.
+        Record::Cgroup(unsafe { thread.cast::<CgroupSample>().read_unaligned() })
+    }
 }
 
 fn dup_fd(fd: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd, KernelError> {

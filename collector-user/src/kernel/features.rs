@@ -65,16 +65,20 @@ pub struct KernelFeatures {
     pub checkpoint: Feature,
     /// The per-process task iterator; off, per-process figures come from /proc.
     pub process_iter: Feature,
+    /// Cgroup memory and throttling counters read by the task iterator from the
+    /// kernel's structs; off, they come from the single-value control files.
+    pub cgroup_counters: Feature,
     /// Run-queue wait per task (`sched_info.run_delay`); off, the figure is absent.
     pub cpu_wait: Feature,
 }
 
 impl KernelFeatures {
     /// (name, feature) pairs, for logs and metrics.
-    pub fn optional(&self) -> [(&'static str, &Feature); 3] {
+    pub fn optional(&self) -> [(&'static str, &Feature); 4] {
         [
             ("checkpoint", &self.checkpoint),
             ("process_iter", &self.process_iter),
+            ("cgroup_counters", &self.cgroup_counters),
             ("cpu_wait", &self.cpu_wait),
         ]
     }

@@ -60,7 +60,91 @@ pub fn resolve(btf: &Btf, attribution: &Attribution) -> Result<KernelLayout, Btf
             layout.mm_shmem_pages,
         ] = counters;
     }
+    // Cgroup counters are optional too: without them the task cgroups' single-value
+    // control files are read instead.
+    if let Ok(counters) = cgroup_counters(btf) {
+        counters.apply(&mut layout);
+    }
     Ok(layout)
+}
+
+/// The offsets of [`KernelLayout`]'s memory and cpu cgroup counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct CgroupCounters {
+    memory_subsys: u32,
+    usage: u32,
+    watermark: u32,
+    swap_usage: u32,
+    kmem_usage: u32,
+    kmem_watermark: u32,
+    oom_kills: u32,
+    cpu_subsys: u32,
+    nr_throttled: u32,
+    throttled_time: u32,
+}
+
+impl CgroupCounters {
+    fn apply(self, layout: &mut KernelLayout) {
+        layout.css_set_memory_subsys = self.memory_subsys;
+        layout.memcg_usage = self.usage;
+        layout.memcg_watermark = self.watermark;
+        layout.memcg_swap_usage = self.swap_usage;
+        layout.memcg_kmem_usage = self.kmem_usage;
+        layout.memcg_kmem_watermark = self.kmem_watermark;
+        layout.memcg_oom_kills = self.oom_kills;
+        layout.css_set_cpu_subsys = self.cpu_subsys;
+        layout.tg_nr_throttled = self.nr_throttled;
+        layout.tg_throttled_time = self.throttled_time;
+    }
+}
+
+/// Where `struct mem_cgroup` keeps the counters behind `memory.usage_in_bytes`,
+/// `memory.max_usage_in_bytes`, `memory.kmem.*` and `memory.oom_control` (v1) or
+/// `memory.current`, `memory.peak` and `memory.swap.current` (v2), and `struct task_group`
+/// those of `cpu.stat`'s throttling lines. Both structs begin with their css, which is
+/// what `css_set.subsys[]` points to. The memory part is required (an error leaves every
+/// counter to the control files); the cpu part is left 0 without CFS bandwidth control.
+fn cgroup_counters(btf: &Btf) -> Result<CgroupCounters, BtfError> {
+    let memcg = |member: &str| btf.member_offset("mem_cgroup", member);
+    let subsys = btf.member_offset("css_set", "subsys")?;
+    if memcg("css")? != 0 {
+        return Err(BtfError::Malformed(
+            "mem_cgroup does not begin with its css",
+        ));
+    }
+    let events = memcg("memory_events")?;
+    let mut counters = CgroupCounters {
+        memory_subsys: array_element(subsys, 8, btf.enum_value("memory_cgrp_id")?)?,
+        usage: memcg("memory.usage")?,
+        watermark: memcg("memory.watermark")?,
+        // `swap` (v2) shares a union with v1's `memsw`, which is memory + swap: read for
+        // cgroup v2 only.
+        swap_usage: memcg("swap.usage").unwrap_or(0),
+        // v1's kernel-memory counter: gone from kernels built without cgroup v1.
+        kmem_usage: memcg("kmem.usage").unwrap_or(0),
+        kmem_watermark: memcg("kmem.watermark").unwrap_or(0),
+        oom_kills: array_element(events, 8, btf.enum_value("MEMCG_OOM_KILL")?)?,
+        ..CgroupCounters::default()
+    };
+    let task_group = |member: &str| btf.member_offset("task_group", member);
+    let cpu = (|| -> Result<[u32; 3], BtfError> {
+        if task_group("css")? != 0 {
+            return Err(BtfError::Malformed(
+                "task_group does not begin with its css",
+            ));
+        }
+        Ok([
+            array_element(subsys, 8, btf.enum_value("cpu_cgrp_id")?)?,
+            task_group("cfs_bandwidth.nr_throttled")?,
+            task_group("cfs_bandwidth.throttled_time")?,
+        ])
+    })();
+    if let Ok([cpu_subsys, nr_throttled, throttled_time]) = cpu {
+        counters.cpu_subsys = cpu_subsys;
+        counters.nr_throttled = nr_throttled;
+        counters.throttled_time = throttled_time;
+    }
+    Ok(counters)
 }
 
 /// Offsets of the `count` of `mm->rss_stat[MM_FILEPAGES, MM_ANONPAGES, MM_SWAPENTS,

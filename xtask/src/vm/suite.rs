@@ -48,6 +48,11 @@ pub const VM_TESTS: &[(&str, &str)] = &[
         "kernel_accounting",
         "process_and_cgroup_totals_match_the_kernels_own_counters",
     ),
+    // Memory and throttling counters read in the kernel equal the control files'.
+    (
+        "kernel_accounting",
+        "cgroup_counters_read_in_the_kernel_are_the_control_files_values",
+    ),
     (
         "full_profile",
         "every_process_is_listed_within_an_interval_of_its_start_and_gone_within_one_of_its_exit",

@@ -398,7 +398,7 @@ fn feature_on(h: &HealthInput<'_>, feature: &str) -> f64 {
     })
 }
 
-pub static HEALTH: [HealthFamily; 23] = [
+pub static HEALTH: [HealthFamily; 24] = [
     HealthFamily {
         family: Family::gauge(
             "nomad_collector_programs_attached",
@@ -566,6 +566,14 @@ pub static HEALTH: [HealthFamily; 23] = [
         ),
         json: "nomad_collector.ebpf.process_iter_enabled",
         value: |h| feature_on(h, "process_iter"),
+    },
+    HealthFamily {
+        family: Family::gauge(
+            "nomad_collector_ebpf_cgroup_counters_enabled",
+            "1 where the task iterator reads the task cgroups' memory and throttling counters in the kernel, 0 where they come from the control files.",
+        ),
+        json: "nomad_collector.ebpf.cgroup_counters_enabled",
+        value: |h| feature_on(h, "cgroup_counters"),
     },
     HealthFamily {
         family: Family::gauge(
