@@ -444,8 +444,9 @@ fn cost_tables(report: &Report, w: &mut String) {
          ends on cycle boundaries and the daemon serves no request inside it (except in the \
          `clients-*` scenarios, section 8). The eBPF arm is the full profile: every \
          allocation's processes (through the per-process task iterator, inside the daemon's \
-         `read(2)`: its system time) and cgroup memory and throttling files every interval, \
-         as Nomad's method does. Ratios: procfs ÷ eBPF per round (both arms in the same \
+         `read(2)`: its system time) and cgroup memory and throttling every interval, as \
+         Nomad's method does (the single-value counters read in the same pass where the \
+         kernel allows, `memory.stat` from its file). Ratios: procfs ÷ eBPF per round (both arms in the same \
          round).\n\n\
          ![collection CPU per cycle](benchmarks/collection-cost.svg)\n"
     );
