@@ -138,6 +138,14 @@ impl ControlFiles {
         }
         Ok(())
     }
+
+    /// Closes the kept files (and forgets the absent ones) of these names: files no
+    /// longer read, whose descriptors and kernel memory would otherwise stay. A later
+    /// read opens the file again.
+    pub fn close(&self, names: &[&str]) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.retain(|e| !names.contains(&e.name));
+    }
 }
 
 thread_local! {
@@ -190,6 +198,28 @@ mod tests {
 
     fn open(path: &std::path::Path) -> impl FnOnce() -> io::Result<OwnedFd> + '_ {
         move || File::open(path).map(OwnedFd::from)
+    }
+
+    #[test]
+    fn a_closed_file_is_no_longer_kept_and_opens_again_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.usage_in_bytes");
+        std::fs::write(&path, "7\n").unwrap();
+        let files = ControlFiles::default();
+        let mut text = String::new();
+        files
+            .read("memory.usage_in_bytes", open(&path), &mut text)
+            .unwrap();
+        let kept = |files: &ControlFiles| files.entries.lock().unwrap().len();
+        assert_eq!(kept(&files), 1);
+        files.close(&["memory.usage_in_bytes", "memory.peak"]);
+        assert_eq!(kept(&files), 0);
+        std::fs::write(&path, "8\n").unwrap();
+        files
+            .read("memory.usage_in_bytes", open(&path), &mut text)
+            .unwrap();
+        assert_eq!(text, "8\n");
+        assert_eq!(kept(&files), 1);
     }
 
     #[test]

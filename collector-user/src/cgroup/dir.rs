@@ -261,6 +261,11 @@ impl CgroupDir {
             .flatten())
     }
 
+    /// Closes these control files if kept (see [`ControlFiles::close`]).
+    pub fn close_files(&self, names: &[&str]) {
+        self.files.close(names);
+    }
+
     /// Appends the PIDs of this cgroup alone (not its descendants) to `out`.
     pub fn read_cgroup_procs(&self, out: &mut Vec<u32>) -> Result<Option<()>, CgroupError> {
         self.read_file("cgroup.procs", |t| parse_procs(t, out))

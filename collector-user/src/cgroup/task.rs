@@ -135,6 +135,31 @@ impl TaskCgroups {
         }
     }
 
+    /// Closes the single-value memory files (and v1's `memory.oom_control`) that kernel
+    /// counters now stand in for; a later read from the files opens them again.
+    pub fn close_memory_counter_files(&self) {
+        match (&self.memory, &self.v2) {
+            (Some(dir), _) => dir.close_files(&[
+                "memory.usage_in_bytes",
+                "memory.max_usage_in_bytes",
+                "memory.kmem.usage_in_bytes",
+                "memory.kmem.max_usage_in_bytes",
+                "memory.oom_control",
+            ]),
+            (None, Some(dir)) => {
+                dir.close_files(&["memory.current", "memory.peak", "memory.swap.current"])
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// Closes `cpu.stat`, which kernel counters now stand in for.
+    pub fn close_cpu_counter_files(&self) {
+        if let Some(dir) = self.cpu_dir() {
+            dir.close_files(&["cpu.stat"]);
+        }
+    }
+
     /// The directory [`TaskCgroups::read_memory`] reads.
     pub fn memory_dir(&self) -> Option<&CgroupDir> {
         self.memory.as_ref().or(self.v2.as_ref())
