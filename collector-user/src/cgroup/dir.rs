@@ -1,6 +1,9 @@
 //! [`CgroupDir`]: one cgroup directory and its readers.
 //!
-//! A [`CgroupDir`] has one `read_<file>()` per control file. Each returns `Ok(None)` when
+//! A [`CgroupDir`] has one `read_<file>()` per control file, and one
+//! [`CgroupDir::read_counter`] for the files that hold a single counter (named by
+//! [`CounterFile`], so that the file a kernel counter stands in for can also be closed by
+//! that name). Each returns `Ok(None)` when
 //! the file does not exist (a kernel without that feature, a v2 controller not enabled)
 //! and [`CgroupError::Vanished`] when the cgroup itself is gone. These run for many tasks
 //! per interval, so each cgroup directory is opened once and kept (a control file is then
@@ -87,16 +90,61 @@ pub struct CgroupDir {
     files: Arc<ControlFiles>,
 }
 
-macro_rules! single_value_files {
-    ($($(#[$doc:meta])* $fn:ident => $file:literal, $parse:expr, $ty:ty;)*) => {
-        $(
-            $(#[$doc])*
-            pub fn $fn(&self) -> Result<Option<$ty>, CgroupError> {
-                self.read_file($file, $parse)
-            }
-        )*
-    };
+/// The control files that hold one counter. The task iterator reads the counters behind
+/// most of them in the kernel, so these are read, and closed when a kernel counter stands
+/// in for them, by name ([`CgroupDir::read_counter`], [`CgroupDir::close_counter`]).
+// The variants spell the files' names, which all begin with their controller's.
+#[allow(clippy::enum_variant_names)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterFile {
+    /// v1 `memory.usage_in_bytes`.
+    MemoryUsageInBytes,
+    /// v1 `memory.max_usage_in_bytes`.
+    MemoryMaxUsageInBytes,
+    /// v1 `memory.memsw.usage_in_bytes` (memory + swap; absent without swap accounting).
+    MemoryMemswUsageInBytes,
+    /// v1 `memory.kmem.usage_in_bytes` (absent on kernels without kmem accounting).
+    MemoryKmemUsageInBytes,
+    /// v1 `memory.kmem.max_usage_in_bytes`.
+    MemoryKmemMaxUsageInBytes,
+    /// v1 `memory.oom_control`'s `oom_kill` (4.13+).
+    MemoryOomControl,
+    /// v2 `memory.current`.
+    MemoryCurrent,
+    /// v2 `memory.peak` (kernel >= 5.19).
+    MemoryPeak,
+    /// v2 `memory.swap.current`.
+    MemorySwapCurrent,
 }
+
+impl CounterFile {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::MemoryUsageInBytes => "memory.usage_in_bytes",
+            Self::MemoryMaxUsageInBytes => "memory.max_usage_in_bytes",
+            Self::MemoryMemswUsageInBytes => "memory.memsw.usage_in_bytes",
+            Self::MemoryKmemUsageInBytes => "memory.kmem.usage_in_bytes",
+            Self::MemoryKmemMaxUsageInBytes => "memory.kmem.max_usage_in_bytes",
+            Self::MemoryOomControl => "memory.oom_control",
+            Self::MemoryCurrent => "memory.current",
+            Self::MemoryPeak => "memory.peak",
+            Self::MemorySwapCurrent => "memory.swap.current",
+        }
+    }
+
+    /// The counter in the file's text; `None` where the file has no such line (v1
+    /// `memory.oom_control` before 4.13).
+    fn parse(self, text: &str) -> Result<Option<u64>, String> {
+        match self {
+            Self::MemoryOomControl => parse_oom_kill(text),
+            _ => parse_u64(text).map(Some),
+        }
+    }
+}
+
+/// `cpu.stat`: read whole by [`CgroupDir::read_cpu_stat`], closed by
+/// [`CgroupDir::close_cpu_stat`] where kernel counters stand in for its throttling lines.
+const CPU_STAT: &str = "cpu.stat";
 
 impl CgroupDir {
     /// `rel` is relative to the hierarchy's mount (`tree`); empty for the root cgroup.
@@ -236,7 +284,7 @@ impl CgroupDir {
 
     /// `cpu.stat` (v1 cpu controller, or v2).
     pub fn read_cpu_stat(&self) -> Result<Option<CpuStat>, CgroupError> {
-        self.read_file("cpu.stat", parse_cpu_stat)
+        self.read_file(CPU_STAT, parse_cpu_stat)
     }
 
     /// v2 `cpu.pressure`, `memory.pressure`, `io.pressure` (absent without PSI).
@@ -254,40 +302,33 @@ impl CgroupDir {
         Ok(self.read_file("memory.events", parse_oom_kill)?.flatten())
     }
 
-    /// v1 `memory.oom_control`'s `oom_kill` (4.13+).
-    pub fn read_memory_oom_control_oom_kill(&self) -> Result<Option<u64>, CgroupError> {
+    /// One counter file (see [`CounterFile`]).
+    pub fn read_counter(&self, file: CounterFile) -> Result<Option<u64>, CgroupError> {
         Ok(self
-            .read_file("memory.oom_control", parse_oom_kill)?
+            .read_file(file.name(), |text| file.parse(text))?
             .flatten())
     }
 
-    /// Closes these control files if kept (see [`ControlFiles::close`]).
-    pub fn close_files(&self, names: &[&str]) {
-        self.files.close(names);
+    /// Closes a counter file if kept: a kernel counter stands in for it (see
+    /// [`ControlFiles::close`]).
+    pub fn close_counter(&self, file: CounterFile) {
+        self.files.close(file.name());
+    }
+
+    /// Closes `cpu.stat` if kept: kernel counters stand in for it.
+    pub fn close_cpu_stat(&self) {
+        self.files.close(CPU_STAT);
+    }
+
+    /// The names of the control files kept open or known absent, for tests.
+    #[cfg(test)]
+    pub fn kept_files(&self) -> Vec<&'static str> {
+        self.files.names()
     }
 
     /// Appends the PIDs of this cgroup alone (not its descendants) to `out`.
     pub fn read_cgroup_procs(&self, out: &mut Vec<u32>) -> Result<Option<()>, CgroupError> {
         self.read_file("cgroup.procs", |t| parse_procs(t, out))
-    }
-
-    single_value_files! {
-        /// v1 `memory.usage_in_bytes`.
-        read_memory_usage_in_bytes => "memory.usage_in_bytes", parse_u64, u64;
-        /// v1 `memory.max_usage_in_bytes`.
-        read_memory_max_usage_in_bytes => "memory.max_usage_in_bytes", parse_u64, u64;
-        /// v1 `memory.memsw.usage_in_bytes` (memory + swap; absent without swap accounting).
-        read_memory_memsw_usage_in_bytes => "memory.memsw.usage_in_bytes", parse_u64, u64;
-        /// v1 `memory.kmem.usage_in_bytes` (absent on kernels without kmem accounting).
-        read_memory_kmem_usage_in_bytes => "memory.kmem.usage_in_bytes", parse_u64, u64;
-        /// v1 `memory.kmem.max_usage_in_bytes`.
-        read_memory_kmem_max_usage_in_bytes => "memory.kmem.max_usage_in_bytes", parse_u64, u64;
-        /// v2 `memory.current`.
-        read_memory_current => "memory.current", parse_u64, u64;
-        /// v2 `memory.peak` (kernel >= 5.19).
-        read_memory_peak => "memory.peak", parse_u64, u64;
-        /// v2 `memory.swap.current`.
-        read_memory_swap_current => "memory.swap.current", parse_u64, u64;
     }
 
     /// Appends the PIDs of this cgroup and of its descendants to `out`. Descendants that

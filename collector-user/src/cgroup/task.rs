@@ -2,7 +2,7 @@
 //! mapping of their v1 or v2 files to Nomad's figures as in spec §3.
 
 use super::{
-    dir::CgroupDir,
+    dir::{CgroupDir, CounterFile},
     types::{
         CpuStat, KernelMemoryCounters, KernelThrottleCounters, MemoryFigures, Pressure,
         ThrottleFigures,
@@ -10,18 +10,23 @@ use super::{
     CgroupError,
 };
 
-/// One figure from the counter the kernel read (`kernel`) where the control file it
-/// stands for was there at the previous read (`previous` is `Some(Some(_))`), else from
-/// the file: a file that was absent stays absent (and is looked for again), and a task's
-/// first read is from its files only.
+/// One figure of `dir`: the counter the kernel read (`kernel`) where the control file it
+/// stands for was there at the previous read (`previous` is `Some(Some(_))`), else the
+/// file. A file that was absent stays absent (and is looked for again), and a task's
+/// first read is from its files only. A file the kernel stands in for is closed: it is
+/// not read again while the kernel's counters come (a cheap no-op once closed).
 fn figure(
+    dir: &CgroupDir,
+    file: CounterFile,
     previous: Option<Option<u64>>,
     kernel: Option<u64>,
-    file: impl FnOnce() -> Result<Option<u64>, CgroupError>,
 ) -> Result<Option<u64>, CgroupError> {
     match (previous, kernel) {
-        (Some(Some(_)), Some(value)) => Ok(Some(value)),
-        _ => file(),
+        (Some(Some(_)), Some(value)) => {
+            dir.close_counter(file);
+            Ok(Some(value))
+        }
+        _ => dir.read_counter(file),
     }
 }
 
@@ -36,19 +41,32 @@ pub struct TaskCgroups {
     pub v2: Option<CgroupDir>,
 }
 
+/// The directory memory figures come from, and whether it is v1's memory controller.
+enum MemoryDir<'a> {
+    V1(&'a CgroupDir),
+    V2(&'a CgroupDir),
+}
+
 fn v1_memory(
     dir: &CgroupDir,
     kernel: Option<&KernelMemoryCounters>,
     previous: Option<&MemoryFigures>,
 ) -> Result<MemoryFigures, CgroupError> {
-    let was = |f: fn(&MemoryFigures) -> Option<u64>| previous.map(f);
+    let counter = |file, was: fn(&MemoryFigures) -> Option<u64>, kernel_value| {
+        figure(dir, file, previous.map(was), kernel_value)
+    };
     let stat = dir.read_memory_stat()?.unwrap_or_default();
-    let usage = figure(was(|m| m.usage), kernel.map(|k| k.usage), || {
-        dir.read_memory_usage_in_bytes()
-    })?;
+    let usage = counter(
+        CounterFile::MemoryUsageInBytes,
+        |m| m.usage,
+        kernel.map(|k| k.usage),
+    )?;
     let swap = match stat.total_swap.or(stat.swap) {
         Some(swap) => Some(swap),
-        None => match (dir.read_memory_memsw_usage_in_bytes()?, usage) {
+        None => match (
+            dir.read_counter(CounterFile::MemoryMemswUsageInBytes)?,
+            usage,
+        ) {
             (Some(memsw), Some(usage)) => Some(memsw.saturating_sub(usage)),
             _ => None,
         },
@@ -59,18 +77,20 @@ fn v1_memory(
         mapped_file: stat.total_mapped_file.or(stat.mapped_file),
         swap,
         usage,
-        max_usage: figure(was(|m| m.max_usage), kernel.map(|k| k.peak), || {
-            dir.read_memory_max_usage_in_bytes()
-        })?,
-        kernel_usage: figure(
-            was(|m| m.kernel_usage),
-            kernel.and_then(|k| k.kernel_usage),
-            || dir.read_memory_kmem_usage_in_bytes(),
+        max_usage: counter(
+            CounterFile::MemoryMaxUsageInBytes,
+            |m| m.max_usage,
+            kernel.map(|k| k.peak),
         )?,
-        kernel_max_usage: figure(
-            was(|m| m.kernel_max_usage),
+        kernel_usage: counter(
+            CounterFile::MemoryKmemUsageInBytes,
+            |m| m.kernel_usage,
+            kernel.and_then(|k| k.kernel_usage),
+        )?,
+        kernel_max_usage: counter(
+            CounterFile::MemoryKmemMaxUsageInBytes,
+            |m| m.kernel_max_usage,
             kernel.and_then(|k| k.kernel_peak),
-            || dir.read_memory_kmem_max_usage_in_bytes(),
         )?,
     })
 }
@@ -80,23 +100,31 @@ fn v2_memory(
     kernel: Option<&KernelMemoryCounters>,
     previous: Option<&MemoryFigures>,
 ) -> Result<MemoryFigures, CgroupError> {
-    let was = |f: fn(&MemoryFigures) -> Option<u64>| previous.map(f);
+    let counter = |file, was: fn(&MemoryFigures) -> Option<u64>, kernel_value| {
+        figure(dir, file, previous.map(was), kernel_value)
+    };
     let stat = dir.read_memory_stat()?.unwrap_or_default();
     Ok(MemoryFigures {
         rss: stat.anon,
         cache: stat.file,
         mapped_file: stat.file_mapped,
-        swap: figure(was(|m| m.swap), kernel.and_then(|k| k.swap), || {
-            dir.read_memory_swap_current()
-        })?,
-        usage: figure(was(|m| m.usage), kernel.map(|k| k.usage), || {
-            dir.read_memory_current()
-        })?,
+        swap: counter(
+            CounterFile::MemorySwapCurrent,
+            |m| m.swap,
+            kernel.and_then(|k| k.swap),
+        )?,
+        usage: counter(
+            CounterFile::MemoryCurrent,
+            |m| m.usage,
+            kernel.map(|k| k.usage),
+        )?,
         // memory.peak (5.19+) shows the counter's watermark; older kernels have the
         // watermark but not the file, so the previous read keeps it absent there.
-        max_usage: figure(was(|m| m.max_usage), kernel.map(|k| k.peak), || {
-            dir.read_memory_peak()
-        })?,
+        max_usage: counter(
+            CounterFile::MemoryPeak,
+            |m| m.max_usage,
+            kernel.map(|k| k.peak),
+        )?,
         kernel_usage: stat.kernel,
         kernel_max_usage: None,
     })
@@ -119,6 +147,16 @@ fn v2_throttling(stat: Option<CpuStat>) -> ThrottleFigures {
 }
 
 impl TaskCgroups {
+    /// The directory memory figures come from: v1's memory controller if the task has
+    /// it, else v2.
+    fn memory_source(&self) -> Option<MemoryDir<'_>> {
+        match (&self.memory, &self.v2) {
+            (Some(dir), _) => Some(MemoryDir::V1(dir)),
+            (None, Some(dir)) => Some(MemoryDir::V2(dir)),
+            (None, None) => None,
+        }
+    }
+
     /// Memory figures (spec §3): v1 memory controller if the task has it, else v2; all
     /// `None` when neither has memory accounting. `memory.stat` is always read; each
     /// single-value file is replaced by its counter from `kernel`, where the previous
@@ -128,41 +166,17 @@ impl TaskCgroups {
         kernel: Option<&KernelMemoryCounters>,
         previous: Option<&MemoryFigures>,
     ) -> Result<MemoryFigures, CgroupError> {
-        match (&self.memory, &self.v2) {
-            (Some(dir), _) => v1_memory(dir, kernel, previous),
-            (None, Some(dir)) => v2_memory(dir, kernel, previous),
-            (None, None) => Ok(MemoryFigures::default()),
-        }
-    }
-
-    /// Closes the single-value memory files (and v1's `memory.oom_control`) that kernel
-    /// counters now stand in for; a later read from the files opens them again.
-    pub fn close_memory_counter_files(&self) {
-        match (&self.memory, &self.v2) {
-            (Some(dir), _) => dir.close_files(&[
-                "memory.usage_in_bytes",
-                "memory.max_usage_in_bytes",
-                "memory.kmem.usage_in_bytes",
-                "memory.kmem.max_usage_in_bytes",
-                "memory.oom_control",
-            ]),
-            (None, Some(dir)) => {
-                dir.close_files(&["memory.current", "memory.peak", "memory.swap.current"])
-            }
-            (None, None) => {}
-        }
-    }
-
-    /// Closes `cpu.stat`, which kernel counters now stand in for.
-    pub fn close_cpu_counter_files(&self) {
-        if let Some(dir) = self.cpu_dir() {
-            dir.close_files(&["cpu.stat"]);
+        match self.memory_source() {
+            Some(MemoryDir::V1(dir)) => v1_memory(dir, kernel, previous),
+            Some(MemoryDir::V2(dir)) => v2_memory(dir, kernel, previous),
+            None => Ok(MemoryFigures::default()),
         }
     }
 
     /// The directory [`TaskCgroups::read_memory`] reads.
     pub fn memory_dir(&self) -> Option<&CgroupDir> {
-        self.memory.as_ref().or(self.v2.as_ref())
+        self.memory_source()
+            .map(|(MemoryDir::V1(dir) | MemoryDir::V2(dir))| dir)
     }
 
     /// The directory [`TaskCgroups::read_throttling`] reads.
@@ -178,7 +192,10 @@ impl TaskCgroups {
         previous: &ThrottleFigures,
     ) -> Result<ThrottleFigures, CgroupError> {
         let v1 = self.cpu.is_some();
-        if let (Some(k), Some(_), Some(_)) = (kernel, previous.periods, previous.time_ns) {
+        if let (Some(k), Some(dir), Some(_), Some(_)) =
+            (kernel, self.cpu_dir(), previous.periods, previous.time_ns)
+        {
+            dir.close_cpu_stat();
             return Ok(ThrottleFigures {
                 periods: Some(k.nr_throttled),
                 // cgroup v2's cpu.stat shows whole µs.
@@ -218,12 +235,15 @@ impl TaskCgroups {
         kernel: Option<&KernelMemoryCounters>,
         previous: Option<u64>,
     ) -> Result<Option<u64>, CgroupError> {
-        match (&self.memory, &self.v2) {
-            (Some(dir), _) => figure(Some(previous), kernel.map(|k| k.oom_kills), || {
-                dir.read_memory_oom_control_oom_kill()
-            }),
-            (None, Some(dir)) => dir.read_memory_events_oom_kill(),
-            (None, None) => Ok(None),
+        match self.memory_source() {
+            Some(MemoryDir::V1(dir)) => figure(
+                dir,
+                CounterFile::MemoryOomControl,
+                Some(previous),
+                kernel.map(|k| k.oom_kills),
+            ),
+            Some(MemoryDir::V2(dir)) => dir.read_memory_events_oom_kill(),
+            None => Ok(None),
         }
     }
 

@@ -64,6 +64,42 @@ fn discovery(root: &Path, proc: &Path) -> Discovery {
     Discovery::new(mounts, NomadParents::default(), proc).unwrap()
 }
 
+/// One Nomad task cgroup on a pure-v2 fake tree (cpu and memory enabled, PID 9 in it),
+/// with these files written; `write` changes one later.
+struct V2Task {
+    root: tempfile::TempDir,
+    _proc: tempfile::TempDir,
+    dir: String,
+    cgroups: TaskCgroups,
+}
+
+impl V2Task {
+    fn new(files: &[(&str, &str)]) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        write(r, "cgroup.controllers", "cpu memory\n");
+        let dir = format!("nomad.slice/share.slice/{A}.web.scope");
+        for (name, text) in files {
+            write(r, &format!("{dir}/{name}"), text);
+        }
+        write(r, &format!("{dir}/cgroup.procs"), "9\n");
+        let proc = empty_proc();
+        let mut d = discovery(r, proc.path());
+        let tasks = d.scan();
+        let cgroups = d.task_cgroups(&tasks[0]);
+        Self {
+            root,
+            _proc: proc,
+            dir,
+            cgroups,
+        }
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        write(self.root.path(), &format!("{}/{name}", self.dir), text);
+    }
+}
+
 fn names(tasks: &[DiscoveredTask]) -> Vec<(String, String, NomadLayout)> {
     tasks
         .iter()
@@ -553,34 +589,25 @@ fn v1_memory_cpu_and_throttling() {
 
 #[test]
 fn v2_memory_cpu_throttling_and_limits() {
-    let root = tempfile::tempdir().unwrap();
-    let r = root.path();
-    write(r, "cgroup.controllers", "cpu memory\n");
-    let dir = format!("nomad.slice/share.slice/{A}.web.scope");
-    write(
-        r,
-        &format!("{dir}/memory.stat"),
-        "anon 100\nfile 200\nkernel 50\nkernel_stack 8\nfile_mapped 30\nfile_dirty 1\n",
-    );
-    write(r, &format!("{dir}/memory.current"), "400\n");
-    write(r, &format!("{dir}/memory.swap.current"), "7\n");
-    write(r, &format!("{dir}/memory.max"), "max\n");
-    write(r, &format!("{dir}/memory.swap.max"), "1048576\n");
-    write(r, &format!("{dir}/memory.high"), "max\n");
-    write(r, &format!("{dir}/pids.max"), "max\n");
-    write(r, &format!("{dir}/cpu.max"), "max 100000\n");
-    write(
-        r,
-        &format!("{dir}/cpu.stat"),
-        "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 10\nnr_throttled 3\n\
-         throttled_usec 250\nnr_bursts 0\nburst_usec 0\n",
-    );
-    write(r, &format!("{dir}/cgroup.procs"), "9\n");
-
-    let proc = empty_proc();
-    let mut d = discovery(r, proc.path());
-    let tasks = d.scan();
-    let cg = d.task_cgroups(&tasks[0]);
+    let task = V2Task::new(&[
+        (
+            "memory.stat",
+            "anon 100\nfile 200\nkernel 50\nkernel_stack 8\nfile_mapped 30\nfile_dirty 1\n",
+        ),
+        ("memory.current", "400\n"),
+        ("memory.swap.current", "7\n"),
+        ("memory.max", "max\n"),
+        ("memory.swap.max", "1048576\n"),
+        ("memory.high", "max\n"),
+        ("pids.max", "max\n"),
+        ("cpu.max", "max 100000\n"),
+        (
+            "cpu.stat",
+            "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 10\nnr_throttled 3\n\
+             throttled_usec 250\nnr_bursts 0\nburst_usec 0\n",
+        ),
+    ]);
+    let cg = &task.cgroups;
     let m = cg.read_memory(None, None).unwrap();
     assert_eq!(
         m,
@@ -607,7 +634,7 @@ fn v2_memory_cpu_throttling_and_limits() {
             "Kernel Usage"
         ]
     );
-    write(r, &format!("{dir}/memory.peak"), "450\n");
+    task.write("memory.peak", "450\n");
     // A file that appears is looked for again only every ABSENT_RETRY reads.
     for _ in 0..crate::cgroup::control_files::ABSENT_RETRY {
         assert_eq!(cg.read_memory(None, None).unwrap().max_usage, None);
@@ -625,11 +652,7 @@ fn v2_memory_cpu_throttling_and_limits() {
     assert_eq!(cg.read_procs().unwrap(), [9]);
 
     // No cpu controller enabled: cpu.stat has only the usage lines.
-    write(
-        r,
-        &format!("{dir}/cpu.stat"),
-        "usage_usec 10\nuser_usec 6\nsystem_usec 4\n",
-    );
+    task.write("cpu.stat", "usage_usec 10\nuser_usec 6\nsystem_usec 4\n");
     let throttling = cg
         .read_throttling(None, &ThrottleFigures::default())
         .unwrap();
@@ -639,27 +662,16 @@ fn v2_memory_cpu_throttling_and_limits() {
 
 #[test]
 fn kernel_counters_stand_in_only_for_files_the_previous_read_found() {
-    let root = tempfile::tempdir().unwrap();
-    let r = root.path();
-    write(r, "cgroup.controllers", "cpu memory\n");
-    let dir = format!("nomad.slice/share.slice/{A}.web.scope");
-    write(
-        r,
-        &format!("{dir}/memory.stat"),
-        "anon 100\nfile 200\nfile_mapped 30\n",
-    );
-    write(r, &format!("{dir}/memory.current"), "400\n");
-    write(r, &format!("{dir}/memory.swap.current"), "7\n");
-    write(
-        r,
-        &format!("{dir}/cpu.stat"),
-        "usage_usec 1\nuser_usec 1\nsystem_usec 0\nnr_periods 10\nnr_throttled 3\nthrottled_usec 250\n",
-    );
-    write(r, &format!("{dir}/cgroup.procs"), "9\n");
-    let proc = empty_proc();
-    let mut d = discovery(r, proc.path());
-    let tasks = d.scan();
-    let cg = d.task_cgroups(&tasks[0]);
+    let task = V2Task::new(&[
+        ("memory.stat", "anon 100\nfile 200\nfile_mapped 30\n"),
+        ("memory.current", "400\n"),
+        ("memory.swap.current", "7\n"),
+        (
+            "cpu.stat",
+            "usage_usec 1\nuser_usec 1\nsystem_usec 0\nnr_periods 10\nnr_throttled 3\nthrottled_usec 250\n",
+        ),
+    ]);
+    let cg = &task.cgroups;
     let kernel = KernelMemoryCounters {
         usage: 4096,
         peak: 8192,
@@ -674,13 +686,12 @@ fn kernel_counters_stand_in_only_for_files_the_previous_read_found() {
         (first.usage, first.swap, first.max_usage),
         (Some(400), Some(7), None)
     );
+    let v2 = cg.v2.as_ref().unwrap();
+    let kept = |name: &str| v2.kept_files().contains(&name);
+    assert!(kept("memory.current") && kept("memory.swap.current"));
     // Then the counters stand in for the files that were there; memory.stat is still
     // read, and memory.peak (absent: before 5.19) stays absent.
-    write(
-        r,
-        &format!("{dir}/memory.stat"),
-        "anon 101\nfile 200\nfile_mapped 30\n",
-    );
+    task.write("memory.stat", "anon 101\nfile 200\nfile_mapped 30\n");
     let next = cg.read_memory(Some(&kernel), Some(&first)).unwrap();
     assert_eq!(
         next,
@@ -695,8 +706,12 @@ fn kernel_counters_stand_in_only_for_files_the_previous_read_found() {
             kernel_max_usage: None,
         }
     );
+    // The files the counters stand in for are closed; memory.stat stays open.
+    assert!(!kept("memory.current") && !kept("memory.swap.current"));
+    assert!(kept("memory.stat"));
     // Without a kernel reading (its process was not in the cgroup), the files again.
     assert_eq!(cg.read_memory(None, Some(&next)).unwrap().usage, Some(400));
+    assert!(kept("memory.current"));
 
     let throttle = KernelThrottleCounters {
         nr_throttled: 4,
@@ -706,6 +721,7 @@ fn kernel_counters_stand_in_only_for_files_the_previous_read_found() {
         .read_throttling(Some(&throttle), &ThrottleFigures::default())
         .unwrap();
     assert_eq!(first.periods, Some(3));
+    assert!(kept("cpu.stat"));
     assert_eq!(
         cg.read_throttling(Some(&throttle), &first).unwrap(),
         ThrottleFigures {
@@ -714,8 +730,9 @@ fn kernel_counters_stand_in_only_for_files_the_previous_read_found() {
         },
         "whole microseconds, as v2's cpu.stat shows them"
     );
+    assert!(!kept("cpu.stat"));
     // v2's OOM kills always come from memory.events.
-    write(r, &format!("{dir}/memory.events"), "oom 1\noom_kill 1\n");
+    task.write("memory.events", "oom 1\noom_kill 1\n");
     assert_eq!(cg.read_oom_kills(Some(&kernel), Some(1)).unwrap(), Some(1));
 }
 

@@ -11,7 +11,7 @@ use super::{
     ebpf::EbpfSource,
     fastmap::FastMap,
     rates::{CounterTrack, CpuRates},
-    tasks::{CounterFilesClosed, Members, TaskEntry},
+    tasks::{Members, TaskEntry},
 };
 use crate::{
     cgroup::KernelCgroupCounters,
@@ -226,24 +226,10 @@ pub(super) fn refresh_cgroup_figures(
     };
     let kernel_memory = kernel.and_then(|k| k.memory.as_ref());
     let kernel_throttling = kernel.and_then(|k| k.throttling.as_ref());
-    // Whether the kernel's counters stand in for the files this cycle (see `figure` in
-    // `cgroup::task`): then the files, read no more, are closed once.
-    let memory_in_kernel = kernel_memory.is_some() && task.memory.is_some();
-    let cpu_in_kernel = kernel_throttling.is_some() && task.throttling.periods.is_some();
     let memory = cgroups.read_memory(kernel_memory, task.memory.as_ref());
     let throttling = cgroups.read_throttling(kernel_throttling, &task.throttling);
     let pressure = cgroups.read_pressure();
     let oom_kills = cgroups.read_oom_kills(kernel_memory, task.oom_kills);
-    if memory_in_kernel && !task.counter_files_closed.memory {
-        cgroups.close_memory_counter_files();
-    }
-    if cpu_in_kernel && !task.counter_files_closed.cpu {
-        cgroups.close_cpu_counter_files();
-    }
-    task.counter_files_closed = CounterFilesClosed {
-        memory: memory_in_kernel,
-        cpu: cpu_in_kernel,
-    };
     match (memory, throttling, pressure, oom_kills) {
         (Ok(memory), Ok(throttling), Ok(pressure), Ok(oom_kills)) => {
             task.memory = Some(memory);

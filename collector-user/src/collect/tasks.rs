@@ -62,9 +62,6 @@ pub struct TaskEntry {
     /// they sit in child cgroups), with the ids of the memory and cpu cgroups whose
     /// counters the kernel reads alongside its processes.
     pub counter_cgroups: Option<CounterCgroups>,
-    /// The control files kernel counters stand in for, closed (see
-    /// `sampling::refresh_cgroup_figures`).
-    pub counter_files_closed: CounterFilesClosed,
     attribution_checked: u64,
     /// CLOCK_MONOTONIC ns from which the kernel counts this task's threads' time.
     pub since_ns: u64,
@@ -97,14 +94,6 @@ pub struct CounterCgroups {
     pub cpu_id: u64,
 }
 
-/// Which of a task's control files were closed because kernel counters stand in for
-/// them: its single-value memory files, and its `cpu.stat`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CounterFilesClosed {
-    pub memory: bool,
-    pub cpu: bool,
-}
-
 /// How often (in cycles) a task's child cgroups are looked for again. Tasks are spread
 /// over the period so that a thousand tasks found together do not all rescan in the
 /// same cycle.
@@ -127,7 +116,6 @@ impl TaskEntry {
             fingerprint,
             attribution: Vec::new(),
             counter_cgroups: None,
-            counter_files_closed: CounterFilesClosed::default(),
             attribution_checked: 0,
             since_ns,
             cpu: CounterTrack::default(),
