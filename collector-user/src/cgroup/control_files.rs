@@ -207,40 +207,42 @@ mod tests {
         move || File::open(path).map(OwnedFd::from)
     }
 
-    #[test]
-    fn a_closed_file_is_no_longer_kept_and_opens_again_when_read() {
+    /// A file `name` holding `content` in a temp dir, read once through new
+    /// `ControlFiles` (which then keep it): the dir, the file's path, the files, and
+    /// the text read.
+    fn read_once(
+        name: &'static str,
+        content: &str,
+    ) -> (tempfile::TempDir, std::path::PathBuf, ControlFiles, String) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("memory.usage_in_bytes");
-        std::fs::write(&path, "7\n").unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
         let files = ControlFiles::default();
         let mut text = String::new();
-        files
-            .read("memory.usage_in_bytes", open(&path), &mut text)
-            .unwrap();
-        let kept = |files: &ControlFiles| files.names().len();
-        assert_eq!(kept(&files), 1);
+        files.read(name, open(&path), &mut text).unwrap();
+        (dir, path, files, text)
+    }
+
+    #[test]
+    fn a_closed_file_is_no_longer_kept_and_opens_again_when_read() {
+        let (_dir, path, files, mut text) = read_once("memory.usage_in_bytes", "7\n");
+        let entries = |files: &ControlFiles| files.names().len();
+        assert_eq!(entries(&files), 1);
         files.close("memory.peak");
-        assert_eq!(kept(&files), 1, "another name closes nothing");
+        assert_eq!(entries(&files), 1, "another name closes nothing");
         files.close("memory.usage_in_bytes");
-        assert_eq!(kept(&files), 0);
+        assert_eq!(entries(&files), 0);
         std::fs::write(&path, "8\n").unwrap();
         files
             .read("memory.usage_in_bytes", open(&path), &mut text)
             .unwrap();
         assert_eq!(text, "8\n");
-        assert_eq!(kept(&files), 1);
+        assert_eq!(entries(&files), 1);
     }
 
     #[test]
     fn a_kept_file_is_read_again_from_the_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("memory.current");
-        std::fs::write(&path, "100\n").unwrap();
-        let files = ControlFiles::default();
-        let mut text = String::new();
-        files
-            .read("memory.current", open(&path), &mut text)
-            .unwrap();
+        let (_dir, path, files, mut text) = read_once("memory.current", "100\n");
         assert_eq!(text, "100\n");
         let before = kept();
         // Rewritten in place: the kept descriptor sees the new content, no reopen.
@@ -255,13 +257,8 @@ mod tests {
 
     #[test]
     fn content_longer_than_the_buffer_is_read_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("memory.stat");
         let long: String = (0..2000).map(|i| format!("key{i} {i}\n")).collect();
-        std::fs::write(&path, &long).unwrap();
-        let files = ControlFiles::default();
-        let mut text = String::new();
-        files.read("memory.stat", open(&path), &mut text).unwrap();
+        let (_dir, _path, _files, text) = read_once("memory.stat", &long);
         assert_eq!(text, long);
     }
 
