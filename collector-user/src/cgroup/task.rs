@@ -4,7 +4,7 @@
 use super::{
     dir::{CgroupDir, CounterFile},
     types::{
-        CpuStat, KernelMemoryCounters, KernelThrottleCounters, MemoryFigures, Pressure,
+        CpuStat, KernelMemoryCounters, KernelThrottleCounters, MemoryFigures, MemoryStat, Pressure,
         ThrottleFigures,
     },
     CgroupError,
@@ -47,15 +47,35 @@ enum MemoryDir<'a> {
     V2(&'a CgroupDir),
 }
 
+/// `memory.stat` of `dir`, or what it gave at the previous read (`carried`, as
+/// `as_stat` turns the figures back into its lines).
+fn memory_stat(
+    dir: &CgroupDir,
+    carried: Option<&MemoryFigures>,
+    as_stat: fn(&MemoryFigures) -> MemoryStat,
+) -> Result<MemoryStat, CgroupError> {
+    match carried {
+        Some(previous) => Ok(as_stat(previous)),
+        None => Ok(dir.read_memory_stat()?.unwrap_or_default()),
+    }
+}
+
 fn v1_memory(
     dir: &CgroupDir,
     kernel: Option<&KernelMemoryCounters>,
     previous: Option<&MemoryFigures>,
+    carry: bool,
 ) -> Result<MemoryFigures, CgroupError> {
     let counter = |file, was: fn(&MemoryFigures) -> Option<u64>, kernel_value| {
         figure(dir, file, previous.map(was), kernel_value)
     };
-    let stat = dir.read_memory_stat()?.unwrap_or_default();
+    let stat = memory_stat(dir, previous.filter(|_| carry), |m| MemoryStat {
+        total_rss: m.rss,
+        total_cache: m.cache,
+        total_mapped_file: m.mapped_file,
+        total_swap: m.swap,
+        ..MemoryStat::default()
+    })?;
     let usage = counter(
         CounterFile::MemoryUsageInBytes,
         |m| m.usage,
@@ -99,11 +119,18 @@ fn v2_memory(
     dir: &CgroupDir,
     kernel: Option<&KernelMemoryCounters>,
     previous: Option<&MemoryFigures>,
+    carry: bool,
 ) -> Result<MemoryFigures, CgroupError> {
     let counter = |file, was: fn(&MemoryFigures) -> Option<u64>, kernel_value| {
         figure(dir, file, previous.map(was), kernel_value)
     };
-    let stat = dir.read_memory_stat()?.unwrap_or_default();
+    let stat = memory_stat(dir, previous.filter(|_| carry), |m| MemoryStat {
+        anon: m.rss,
+        file: m.cache,
+        file_mapped: m.mapped_file,
+        kernel: m.kernel_usage,
+        ..MemoryStat::default()
+    })?;
     Ok(MemoryFigures {
         rss: stat.anon,
         cache: stat.file,
@@ -166,9 +193,29 @@ impl TaskCgroups {
         kernel: Option<&KernelMemoryCounters>,
         previous: Option<&MemoryFigures>,
     ) -> Result<MemoryFigures, CgroupError> {
+        self.memory(kernel, previous, false)
+    }
+
+    /// [`TaskCgroups::read_memory`] with what `memory.stat` gave at the `previous` read
+    /// carried over instead of read: the caller knows from the kernel's counters that
+    /// the cgroup's memory has not moved since (see `collect::steady`).
+    pub fn read_memory_carrying_stat(
+        &self,
+        kernel: Option<&KernelMemoryCounters>,
+        previous: &MemoryFigures,
+    ) -> Result<MemoryFigures, CgroupError> {
+        self.memory(kernel, Some(previous), true)
+    }
+
+    fn memory(
+        &self,
+        kernel: Option<&KernelMemoryCounters>,
+        previous: Option<&MemoryFigures>,
+        carry: bool,
+    ) -> Result<MemoryFigures, CgroupError> {
         match self.memory_source() {
-            Some(MemoryDir::V1(dir)) => v1_memory(dir, kernel, previous),
-            Some(MemoryDir::V2(dir)) => v2_memory(dir, kernel, previous),
+            Some(MemoryDir::V1(dir)) => v1_memory(dir, kernel, previous, carry),
+            Some(MemoryDir::V2(dir)) => v2_memory(dir, kernel, previous, carry),
             None => Ok(MemoryFigures::default()),
         }
     }

@@ -540,6 +540,14 @@ fn v1_memory_cpu_and_throttling() {
         "hierarchical total_ lines, swap from memory.stat"
     );
     assert_eq!(m.measured().len(), 8);
+    // Carried over: memory.stat is not read again, and what it gave comes back whole.
+    write(
+        r,
+        &format!("{mem}/memory.stat"),
+        "total_rss 99
+",
+    );
+    assert_eq!(cg.read_memory_carrying_stat(None, &m).unwrap(), m);
     assert_eq!(
         cg.read_throttling(None, &ThrottleFigures::default())
             .unwrap(),
@@ -709,6 +717,31 @@ fn kernel_counters_stand_in_only_for_files_the_previous_read_found() {
     // The files the counters stand in for are closed; memory.stat stays open.
     assert!(!kept("memory.current") && !kept("memory.swap.current"));
     assert!(kept("memory.stat"));
+    // With memory.stat carried over (the counters stood still), its figures are the
+    // previous read's and the counters the kernel's.
+    task.write(
+        "memory.stat",
+        "anon 999
+file 999
+file_mapped 999
+kernel 999
+",
+    );
+    let moved = KernelMemoryCounters {
+        usage: 8192,
+        ..kernel
+    };
+    assert_eq!(
+        cg.read_memory_carrying_stat(Some(&moved), &next).unwrap(),
+        MemoryFigures {
+            usage: Some(8192),
+            ..next
+        }
+    );
+    assert_eq!(
+        cg.read_memory(Some(&moved), Some(&next)).unwrap().rss,
+        Some(999)
+    );
     // Without a kernel reading (its process was not in the cgroup), the files again.
     assert_eq!(cg.read_memory(None, Some(&next)).unwrap().usage, Some(400));
     assert!(kept("memory.current"));

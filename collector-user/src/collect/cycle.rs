@@ -120,7 +120,7 @@ impl Collector {
                 .filter(|e| kernel.is_some() && e.has_processes())
                 .zip(task.counter_cgroups)
                 .and_then(|(e, c)| e.cgroup_counters_in(c.id));
-            match refresh_cgroup_figures(task, cgroup_counters.as_ref(), at) {
+            match refresh_cgroup_figures(task, cgroup_counters.as_ref(), self.cycles, at) {
                 Ok(()) => {}
                 Err(true) => {
                     vanished.push(key.clone());

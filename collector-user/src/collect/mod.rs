@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | task CPU | kernel counters of every tracked cgroup: one batch read | sum of the processes' |
 //! | processes (`Pids`) | one task-iterator pass over the host for every tracked cgroup | `cgroup.procs`, then /proc per process |
-//! | cgroup memory, throttling | control files kept open, re-read | the same |
+//! | cgroup memory, throttling | kernel counters read in the same pass; `memory.stat` re-read when they moved | control files kept open, re-read |
 
 pub mod assemble;
 mod clock;
@@ -21,6 +21,7 @@ pub mod rates;
 pub mod runner;
 mod sampling;
 mod setup;
+mod steady;
 pub mod tasks;
 #[cfg(test)]
 mod tests;

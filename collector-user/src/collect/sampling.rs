@@ -11,6 +11,7 @@ use super::{
     ebpf::EbpfSource,
     fastmap::FastMap,
     rates::{CounterTrack, CpuRates},
+    steady::REFRESH_CYCLES,
     tasks::{Members, TaskEntry},
 };
 use crate::{
@@ -214,30 +215,43 @@ fn read_process_memory(procs: &mut ProcReader, pid: u32) -> Option<sample::Proce
 
 /// Reads the task's cgroup memory, throttling, pressure and OOM kills; the counters the
 /// task iterator read in the kernel (`kernel`) stand in for the single-value control
-/// files (see [`crate::cgroup::TaskCgroups::read_memory`]). `Err(true)`: the cgroup is
-/// gone; `Err(false)`: a read failed (logged; the previous figures stay).
+/// files (see [`crate::cgroup::TaskCgroups::read_memory`]), and while they stand still
+/// `memory.stat` and `memory.events` are not read again (see [`super::steady`]; tasks
+/// take turns by `cycle` to read them anyway). `Err(true)`: the cgroup is gone;
+/// `Err(false)`: a read failed (logged; the previous figures stay).
 pub(super) fn refresh_cgroup_figures(
     task: &mut TaskEntry,
     kernel: Option<&KernelCgroupCounters>,
+    cycle: u64,
     at: Instant,
 ) -> Result<(), bool> {
+    let kernel_memory = kernel.and_then(|k| k.memory.as_ref());
+    let kernel_throttling = kernel.and_then(|k| k.throttling.as_ref());
+    let refresh = task.turn(cycle, REFRESH_CYCLES);
+    let steady = task.steady_memory.observe(kernel_memory, refresh);
     let Some(cgroups) = task.cgroups() else {
         return Ok(());
     };
-    let kernel_memory = kernel.and_then(|k| k.memory.as_ref());
-    let kernel_throttling = kernel.and_then(|k| k.throttling.as_ref());
-    let memory = cgroups.read_memory(kernel_memory, task.memory.as_ref());
+    let (memory, oom_kills) = match task.memory.as_ref().filter(|_| steady) {
+        Some(previous) => (
+            cgroups.read_memory_carrying_stat(kernel_memory, previous),
+            Ok(task.oom_kills),
+        ),
+        None => (
+            cgroups.read_memory(kernel_memory, task.memory.as_ref()),
+            cgroups.read_oom_kills(kernel_memory, task.oom_kills),
+        ),
+    };
     let throttling = cgroups.read_throttling(kernel_throttling, &task.throttling);
     let pressure = cgroups.read_pressure();
-    let oom_kills = cgroups.read_oom_kills(kernel_memory, task.oom_kills);
-    match (memory, throttling, pressure, oom_kills) {
+    let result = match (memory, throttling, pressure, oom_kills) {
         (Ok(memory), Ok(throttling), Ok(pressure), Ok(oom_kills)) => {
             task.memory = Some(memory);
             task.throttling = throttling;
             task.pressure = pressure;
             task.oom_kills = oom_kills;
             task.cgroups_read_at = Some(at);
-            Ok(())
+            return Ok(());
         }
         (Err(e), ..) | (_, Err(e), ..) | (.., Err(e), _) | (.., Err(e)) if e.is_vanished() => {
             Err(true)
@@ -246,7 +260,9 @@ pub(super) fn refresh_cgroup_figures(
             warn!(error = %e, "reading a task's cgroup");
             Err(false)
         }
-    }
+    };
+    task.steady_memory.forget();
+    result
 }
 
 /// The per-process part of [`TaskFigures`].

@@ -15,6 +15,7 @@ use super::{
     assemble::{PidFigures, TaskFigures},
     ebpf::Tracking,
     rates::{CounterTrack, CpuRates},
+    steady::SteadyMemory,
 };
 use crate::{
     cgroup::{
@@ -74,6 +75,8 @@ pub struct TaskEntry {
     /// Pressure stall totals (cgroup v2) and OOM kills, as last read with the memory.
     pub pressure: Option<Pressure>,
     pub oom_kills: Option<u64>,
+    /// Whether the memory cgroup's counters stood still: `memory.stat` is then not read.
+    pub steady_memory: SteadyMemory,
     /// What the kernel counted for the task (eBPF source), and the run-queue wait over
     /// the last interval as a share of wall time.
     kernel_counters: Option<KernelCounters>,
@@ -125,6 +128,7 @@ impl TaskEntry {
             cgroups_read_at: None,
             pressure: None,
             oom_kills: None,
+            steady_memory: SteadyMemory::default(),
             kernel_counters: None,
             wait_share: None,
             wait_prev: None,
