@@ -297,15 +297,8 @@ impl TaskSet {
         self.cycle += 1;
         let mut seen: Vec<TaskKey> = Vec::new();
         let scan = discovery.as_deref_mut().map(Discovery::scan_if_changed);
-        if let Some(None) = scan {
-            // Nothing changed in cgroupfs since the last scan: the tasks found then stand.
-            seen.extend(
-                self.tasks
-                    .iter()
-                    .filter(|(_, t)| matches!(t.origin, AllocOrigin::Nomad { .. }))
-                    .map(|(k, _)| k.clone()),
-            );
-        }
+        // Nothing changed in cgroupfs since the last scan: the tasks found then stand.
+        let found_stand = matches!(scan, Some(None));
         if let (Some(discovery), Some(Some(scan))) = (discovery.as_deref_mut(), scan) {
             for found in scan {
                 let key = (found.alloc_id.clone(), found.task.clone());
@@ -344,8 +337,9 @@ impl TaskSet {
         self.refresh_static(hierarchies, allocations, since_ns, &mut seen);
         seen.sort();
         let before = self.tasks.len();
-        self.tasks.retain(|key, _| {
-            let keep = seen.binary_search(key).is_ok();
+        self.tasks.retain(|key, task| {
+            let keep = (found_stand && matches!(task.origin, AllocOrigin::Nomad { .. }))
+                || seen.binary_search(key).is_ok();
             if !keep {
                 info!(alloc_id = %key.0, task = %key.1, "task gone");
             }
