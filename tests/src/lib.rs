@@ -254,6 +254,9 @@ impl Cgroup {
                 continue;
             }
             let v2 = *hierarchy == "unified";
+            // Held while the missing parents are found and made: tests run in parallel
+            // and share them (`nomad` and its slices).
+            let mut created = CREATED_PARENTS.lock().unwrap_or_else(|e| e.into_inner());
             let mut missing = Vec::new();
             let mut p = dir.parent();
             while let Some(parent) = p {
@@ -284,15 +287,14 @@ impl Cgroup {
             for parent in missing.iter().rev() {
                 fs::create_dir(parent)
                     .unwrap_or_else(|e| panic!("mkdir {}: {e}", parent.display()));
-                CREATED_PARENTS
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(parent.clone());
+                created.push(parent.clone());
                 if v2 {
                     enable_v2_controllers(parent);
                 }
             }
+            // Still held: a guard dropped meanwhile would remove an empty new parent.
             fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+            drop(created);
             cgroup.dirs.push((hierarchy.to_string(), dir));
         }
         cgroup
