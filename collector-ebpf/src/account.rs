@@ -30,11 +30,6 @@ pub trait ThreadStore<A: Access> {
     fn create(task: Task<A>) -> *mut ThreadState;
     /// The thread has switched out for the last time.
     fn release(task: Task<A>);
-    /// The thread's state for reading only, from any CPU (the task iterator); null where
-    /// the store cannot be read without writing it.
-    fn peek(_task: Task<A>) -> *const ThreadState {
-        core::ptr::null()
-    }
 }
 
 /// The thread being switched out: its state tells whether this is its final switch.

@@ -16,8 +16,7 @@
 //!   the leader), so every allocation's per-process figures need no /proc reads.
 //! * `sched_switch_empty` is only for measuring the tracepoint's own cost.
 //!
-//! `sched_switch_empty` is the same in both builds (`programs.rs`); the iterator differs only
-//! in where it finds a thread's cached attribution.
+//! `tracked_threads` and `sched_switch_empty` are the same in both builds (`programs.rs`).
 //!
 //! The daemon loads each program on its own: one the kernel rejects turns off only what
 //! needs it.
@@ -63,15 +62,5 @@ pub fn checkpoint(ctx: RawTracePointContext) -> i32 {
     // SAFETY: the running task, a BTF pointer live while the program runs.
     let current = unsafe { Task::<Direct>::new(task.cast()) };
     account::<Direct, TaskStore, _>(&ctx, current, false);
-    0
-}
-
-/// Task iterator (`iter/task`) over every task on the host, read by the daemon once per
-/// interval: one record per thread of a tracked cgroup.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "iter/task")]
-fn tracked_threads(ctx: *mut core::ffi::c_void) -> i32 {
-    // SAFETY: the kernel calls an iter/task program with its bpf_iter__task context.
-    unsafe { iter::try_tracked_threads::<TaskStore>(ctx) };
     0
 }

@@ -1,7 +1,19 @@
-//! The program both builds share unchanged (see `main.rs` and `thread_hash.rs` for the
+//! The programs both builds share unchanged (see `main.rs` and `thread_hash.rs` for the
 //! ones that differ by kernel), and the object's panic handler and licence.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+
+use crate::iter;
+
+/// Task iterator (`iter/task`) over every task on the host, read by the daemon once per
+/// interval: one record per thread of a tracked cgroup.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task")]
+fn tracked_threads(ctx: *mut core::ffi::c_void) -> i32 {
+    // SAFETY: the kernel calls an iter/task program with its bpf_iter__task context.
+    unsafe { iter::try_tracked_threads(ctx) };
+    0
+}
 
 /// Does nothing. Attached alone by `nomad-collector --empty-probe`, so that the benchmark
 /// can measure what the sched_switch tracepoint itself costs with a program attached: the

@@ -22,8 +22,6 @@ static THREAD_STATE_HASH: HashMap<u64, ThreadEntry> = HashMap::with_max_entries(
 
 pub struct HashStore;
 
-/// `peek` is the trait's default (null): `get` resets a stale entry, which only the
-/// thread's own CPU may do, so the iterator looks the cgroup up instead.
 impl<A: Access> ThreadStore<A> for HashStore {
     #[inline(always)]
     fn get(task: Task<A>) -> *mut ThreadState {

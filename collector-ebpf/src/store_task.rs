@@ -72,9 +72,4 @@ impl ThreadStore<Direct> for TaskStore {
     fn release(_task: Task<Direct>) {
         // Freed by the kernel with the task.
     }
-
-    #[inline(always)]
-    fn peek(task: Task<Direct>) -> *const ThreadState {
-        storage(task, 0)
-    }
 }

@@ -46,13 +46,3 @@ pub fn checkpoint(ctx: RawTracePointContext) -> i32 {
     account::<Probed, HashStore, _>(&ctx, current, false);
     0
 }
-
-/// Task iterator (`iter/task`) over every task on the host, read by the daemon once per
-/// interval: one record per thread of a tracked cgroup.
-#[unsafe(no_mangle)]
-#[unsafe(link_section = "iter/task")]
-fn tracked_threads(ctx: *mut core::ffi::c_void) -> i32 {
-    // SAFETY: the kernel calls an iter/task program with its bpf_iter__task context.
-    unsafe { iter::try_tracked_threads::<HashStore>(ctx) };
-    0
-}
