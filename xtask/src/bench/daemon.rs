@@ -18,9 +18,9 @@ use super::{http, process::ChildGuard};
 /// How the daemon under test collects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Source {
-    /// eBPF, as deployed: every allocation in full (every process through the
-    /// per-process task iterator, and the cgroup memory and throttling files) every
-    /// interval, the same work as Nomad's method done the eBPF way.
+    /// eBPF, as deployed: every allocation in full (every process through one
+    /// task-iterator pass, and the cgroup memory and throttling) every interval, the
+    /// same work as Nomad's method done the eBPF way.
     Ebpf,
     /// Nomad's method: every process of every task from /proc, every interval.
     Procfs,

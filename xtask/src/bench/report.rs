@@ -443,11 +443,12 @@ fn cost_tables(report: &Report, w: &mut String) {
          split) over the measured window ÷ cycles completed in it. The window starts and \
          ends on cycle boundaries and the daemon serves no request inside it (except in the \
          `clients-*` scenarios, section 8). The eBPF arm is the full profile: every \
-         allocation's processes (through the per-process task iterator, inside the daemon's \
-         `read(2)`: its system time) and cgroup memory and throttling every interval, as \
-         Nomad's method does (the single-value counters read in the same pass where the \
-         kernel allows, `memory.stat` from its file). Ratios: procfs ÷ eBPF per round (both arms in the same \
-         round).\n\n\
+         allocation's processes (through one task-iterator pass over the host, inside the \
+         daemon's `read(2)`: its system time) and cgroup memory and throttling every \
+         interval, as Nomad's method does (the single-value counters read in the same pass \
+         where the kernel allows, `memory.stat` from its file when those counters moved and \
+         at least every 10 intervals). Ratios: procfs ÷ eBPF per round (both arms in the \
+         same round).\n\n\
          ![collection CPU per cycle](benchmarks/collection-cost.svg)\n"
     );
     let _ = writeln!(
@@ -540,8 +541,9 @@ fn kernel_tables(report: &Report, w: &mut String) {
         "eBPF arm, `kernel.bpf_stats_enabled=1` during the window; run time and run count \
          from `/proc/<daemon>/fdinfo/<prog fd>` (`run_time_ns`, `run_cnt`). The sched_switch \
          program runs on every context switch of the host (whatever else the shared machine \
-         runs); the checkpoint once per CPU per cycle; the per-process task iterator once \
-         per thread of each process sampled (every process of every task, every interval).\n"
+         runs); the checkpoint once per CPU per cycle; the task iterator once per task of the \
+         host per cycle (one pass, which writes records for the threads of tracked \
+         cgroups).\n"
     );
     let _ = writeln!(
         w,
