@@ -541,12 +541,7 @@ fn v1_memory_cpu_and_throttling() {
     );
     assert_eq!(m.measured().len(), 8);
     // Carried over: memory.stat is not read again, and what it gave comes back whole.
-    write(
-        r,
-        &format!("{mem}/memory.stat"),
-        "total_rss 99
-",
-    );
+    write(r, &format!("{mem}/memory.stat"), "total_rss 99\n");
     assert_eq!(cg.read_memory_carrying_stat(None, &m).unwrap(), m);
     assert_eq!(
         cg.read_throttling(None, &ThrottleFigures::default())
@@ -721,11 +716,7 @@ fn kernel_counters_stand_in_only_for_files_the_previous_read_found() {
     // previous read's and the counters the kernel's.
     task.write(
         "memory.stat",
-        "anon 999
-file 999
-file_mapped 999
-kernel 999
-",
+        "anon 999\nfile 999\nfile_mapped 999\nkernel 999\n",
     );
     let moved = KernelMemoryCounters {
         usage: 8192,
