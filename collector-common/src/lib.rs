@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Bump whenever a type in this crate or the meaning of a map changes.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// `TASK_DEAD` from `include/linux/sched.h`: the state of a thread at its final switch.
 pub const TASK_DEAD: u32 = 0x80;
@@ -120,8 +120,20 @@ pub mod control {
     /// Bumped by the daemon whenever it adds or removes a tracked cgroup: a thread whose
     /// cached attribution carries an older generation looks its cgroup up again.
     pub const GENERATION: u32 = 0;
-    pub const COUNT: u32 = 1;
+    /// The number of the task iterator pass the daemon is about to run: a slot whose
+    /// [`SlotCgroups::full_pass`](super::SlotCgroups::full_pass) equals it has every
+    /// thread reported, not only those that ran.
+    pub const PASS: u32 = 1;
+    /// A pass in which every slot is full (the daemon's first, or after it lost track).
+    pub const FULL_PASS: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
+
+/// Every slot's pass is full once in this many (`(pass + slot) % FULL_PASS_EVERY == 0`),
+/// so that no record is carried longer: it bounds what the daemon's rules for carrying a
+/// record cannot see (a sleeping thread moved to an untracked cgroup, a sleeping
+/// process's pages mapped or unmapped by another process).
+pub const FULL_PASS_EVERY: u64 = 10;
 
 /// [`ThreadState::slot`] of a thread that belongs to no tracked cgroup.
 pub const NO_SLOT: u32 = u32::MAX;
@@ -137,6 +149,11 @@ pub mod thread_flags {
 /// cgroup the thread's time goes to (cached, so that most switches need no map lookup)
 /// and the thread's CPU times when they were last added there. The storage belongs to the
 /// `task_struct`, so a new process that reuses a PID starts from nothing.
+///
+/// The last three fields belong to the task iterator (which makes the state for a tracked
+/// thread that has none): a thread whose accounted `run_ns` and cgroup are still what its
+/// last record saw has not run since, and is not reported again (see `iter`). The two
+/// writers never write the same word.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadState {
@@ -153,6 +170,12 @@ pub struct ThreadState {
     /// Slot in `CGROUP_CPU`, or [`NO_SLOT`].
     pub slot: u32,
     pub flags: u32,
+    /// `run_ns` when the iterator last reported the thread, the slot and the thread id
+    /// it reported it with; `reported_tid` 0 = never reported (no user thread has id 0).
+    /// (The id changes when a thread that is not its process's leader execs.)
+    pub reported_run_ns: u64,
+    pub reported_slot: u32,
+    pub reported_tid: u32,
 }
 
 /// Value of the per-thread hash map that replaces task storage on kernels without it
@@ -171,7 +194,7 @@ pub struct ThreadEntry {
 
 /// Flags of a [`ThreadSample`].
 pub mod sample_flags {
-    /// The thread is its process's leader: the process-wide fields are filled.
+    /// The thread is its process's leader.
     pub const LEADER: u32 = 1;
     /// The RSS and swap fields were read from the process's `mm_struct`.
     pub const MEMORY: u32 = 2;
@@ -179,7 +202,8 @@ pub mod sample_flags {
     pub const CGROUP: u32 = 4;
 }
 
-/// One record of the task iterator: one thread of a tracked cgroup.
+/// One record of the task iterator: one thread of a tracked cgroup, reported when its
+/// slot's pass is full or when it ran (or changed cgroup) since its last record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadSample {
@@ -191,12 +215,12 @@ pub struct ThreadSample {
     pub system_ns: u64,
     /// The thread's start time (CLOCK_MONOTONIC ns).
     pub start_ns: u64,
-    /// Leader only: CPU of the process's threads that already exited
-    /// (`signal_struct.sum_sched_runtime`, `.utime`, `.stime`).
+    /// Process-wide, read at every thread: CPU of the process's threads that already
+    /// exited (`signal_struct.sum_sched_runtime`, `.utime`, `.stime`).
     pub exited_run_ns: u64,
     pub exited_user_ns: u64,
     pub exited_system_ns: u64,
-    /// Leader only, with [`sample_flags::MEMORY`]: resident pages (file + anon + shmem,
+    /// Process-wide, with [`sample_flags::MEMORY`]: resident pages (file + anon + shmem,
     /// as `/proc/<pid>/statm` counts them) and swapped-out pages (`VmSwap`). Signed: the
     /// kernel's per-CPU counters may read slightly negative.
     pub rss_pages: i64,
@@ -216,7 +240,7 @@ pub mod cgroup_parts {
 
 /// A record of the task iterator with [`sample_flags::CGROUP`] set: the counters of one
 /// tracked cgroup's memory and cpu cgroups, read from the kernel structs behind their
-/// single-value control files, at the first leader of the cgroup the pass meets. Same
+/// single-value control files, at the first thread of the cgroup the pass meets. Same
 /// size as a [`ThreadSample`], with `flags` and `slot` at the same offsets, so that one
 /// stream carries both.
 #[repr(C)]
@@ -241,7 +265,7 @@ pub struct CgroupSample {
 
 /// Element of the `SLOT_CGROUPS` array, by counter slot: the ids of the memory and cpu
 /// cgroups whose counters the task iterator reports with that slot (0 = none). Written
-/// by the daemon; the iterator writes only `session`.
+/// by the daemon; the iterator writes only `session` and the last three fields.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlotCgroups {
@@ -250,6 +274,16 @@ pub struct SlotCgroups {
     /// The iterator session (`bpf_iter_meta.session_id`) that last reported the slot's
     /// counters: one record per slot per pass.
     pub session: u64,
+    /// The `control::PASS` in which every thread of the slot is reported, whether it
+    /// ran or not (the daemon sets it when it cannot carry the slot's last records).
+    pub full_pass: u64,
+    /// The iterator's own, decided at the first thread of the slot in a pass (session
+    /// `decided_session`): the slot's `CgroupCpu::run_ns` then, and whether it moved
+    /// since the pass before (`active` 1). In a slot that did not, no thread ran, and
+    /// none is looked at further.
+    pub seen_run_ns: u64,
+    pub decided_session: u64,
+    pub active: u64,
 }
 
 /// Slots of the per-CPU `STATS` array: events the programs count so that nothing they
@@ -278,15 +312,15 @@ const _: () = {
     assert!(core::mem::size_of::<KernelLayout>() == 34 * 4);
     assert!(core::mem::size_of::<TrackedCgroup>() == 16);
     assert!(core::mem::size_of::<CgroupCpu>() == 56);
-    assert!(core::mem::size_of::<ThreadState>() == 56);
-    assert!(core::mem::size_of::<ThreadEntry>() == 64);
+    assert!(core::mem::size_of::<ThreadState>() == 72);
+    assert!(core::mem::size_of::<ThreadEntry>() == 80);
     assert!(core::mem::size_of::<ThreadSample>() == 88);
     assert!(core::mem::size_of::<CgroupSample>() == 88);
     assert!(
         core::mem::offset_of!(CgroupSample, flags) == core::mem::offset_of!(ThreadSample, flags)
     );
     assert!(core::mem::offset_of!(CgroupSample, slot) == core::mem::offset_of!(ThreadSample, slot));
-    assert!(core::mem::size_of::<SlotCgroups>() == 24);
+    assert!(core::mem::size_of::<SlotCgroups>() == 56);
 };
 
 #[cfg(feature = "user")]
@@ -303,9 +337,10 @@ mod pod {
     unsafe impl aya::Pod for TrackedCgroup {}
     // SAFETY: seven `u64` counters, 56 bytes: no padding, every bit pattern valid.
     unsafe impl aya::Pod for CgroupCpu {}
-    // SAFETY: six `u64` then two `u32`, 56 bytes: no padding, every bit pattern valid.
+    // SAFETY: six `u64`, two `u32`, a `u64`, two `u32`, 72 bytes: no padding, every bit
+    // pattern valid.
     unsafe impl aya::Pod for ThreadState {}
-    // SAFETY: a `ThreadState` (Pod, above: 56 bytes, 8-aligned) then a `u64`, 64 bytes:
+    // SAFETY: a `ThreadState` (Pod, above: 72 bytes, 8-aligned) then a `u64`, 80 bytes:
     // no padding, every bit pattern valid.
     unsafe impl aya::Pod for ThreadEntry {}
     // SAFETY: two `u32`, seven `u64`, two `i64`, two `u32`, 88 bytes, each field at an
@@ -313,6 +348,6 @@ mod pod {
     unsafe impl aya::Pod for ThreadSample {}
     // SAFETY: ten `u64` then two `u32`, 88 bytes: no padding, every bit pattern valid.
     unsafe impl aya::Pod for CgroupSample {}
-    // SAFETY: three `u64`, 24 bytes: no padding, every bit pattern valid.
+    // SAFETY: seven `u64`, 56 bytes: no padding, every bit pattern valid.
     unsafe impl aya::Pod for SlotCgroups {}
 }

@@ -1,32 +1,39 @@
-//! The task iterator's body: one [`ThreadSample`] per thread of a tracked cgroup, over
-//! every task on the host in one pass. Threads of other cgroups (and kernel threads)
-//! are skipped in the kernel, so the daemon reads only the records it uses.
+//! The task iterator's body: one pass over every task on the host, reporting the threads
+//! of tracked cgroups. Threads of other cgroups (and kernel threads) are skipped in the
+//! kernel, and so is a tracked thread that has not run since its last record: its
+//! accounted `run_ns` in its
+//! [`ThreadState`](collector_common::ThreadState) (which the context-switch program moves at
+//! every switch, and the checkpoint for a thread on a CPU) and its cgroup are what that
+//! record saw, so the daemon's copy of the record is still exact. A slot the daemon marks
+//! full for this pass (`SlotCgroups::full_pass`) has every thread reported: after an exit
+//! or a move of its memory, at its turn (`FULL_PASS_EVERY`), or when the daemon has no
+//! records to carry.
 //!
 //! Which tracked cgroup a thread is in is looked up from its cgroups (the chain from its
 //! `css_set` to the cgroup's id, and a hash lookup), not from the attribution the
-//! context-switch program caches in the thread's state. Measured at 10,000 processes in
-//! 1,000 tasks, the lookup is the cheaper of the two: the objects it reads are shared by
-//! every thread of a cgroup and stay in cache through the pass, while each thread's
-//! state is its own cold cache lines (`bpf_task_storage_get` was 16% of the daemon's
-//! CPU with a state for every thread).
+//! context-switch program caches: measured at 10,000 processes in 1,000 tasks, the lookup
+//! is the cheaper of the two, because the objects it reads are shared by every thread of a
+//! cgroup and stay in cache through the pass.
 
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::bpf_seq_write;
 use collector_common::{
-    cgroup_parts, sample_flags, stat, CgroupSample, ThreadSample, NO_SLOT, PF_KTHREAD,
+    cgroup_parts, sample_flags, stat, CgroupSample, SlotCgroups, ThreadSample, FULL_PASS_EVERY,
+    NO_SLOT, PF_KTHREAD,
 };
 
 use crate::{
+    account::ThreadStore,
     kernel::{Direct, Task},
-    maps::{count, tracked_cgroup, SLOT_CGROUPS},
+    maps::{count, passes, tracked_cgroup, CGROUP_CPU, SLOT_CGROUPS},
 };
 
 /// # Safety
 /// `ctx` must be the `struct bpf_iter__task *` the kernel passes to an `iter/task`
 /// program.
 #[inline(always)]
-pub unsafe fn try_tracked_threads(ctx: *mut c_void) {
+pub unsafe fn try_tracked_threads<S: ThreadStore<Direct>>(ctx: *mut c_void) {
     // struct bpf_iter__task { struct bpf_iter_meta *meta; struct task_struct *task; }
     let ctx = ctx as *const *const u8;
     // SAFETY: ctx is a bpf_iter__task (the caller's contract): its first field.
@@ -47,9 +54,128 @@ pub unsafe fn try_tracked_threads(ctx: *mut c_void) {
     if slot == NO_SLOT {
         return;
     }
-    let now = task.cpu_times();
+    let Some(entry) = SLOT_CGROUPS.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: meta is the iterator's bpf_iter_meta, { seq, session_id, seq_num }: the
+    // address of its second field, inside it.
+    let session_id = unsafe { meta.add(8) } as *const u64;
+    // SAFETY: as above: its u64 session_id.
+    let session = unsafe { *session_id };
+    // SAFETY: meta is the iterator's bpf_iter_meta, whose first field is its seq_file.
+    let seq = unsafe { *(meta as *const *mut aya_ebpf::bindings::seq_file) };
+    let (pass, full_pass) = passes();
+    // SAFETY: (this read and the next) an element of an array map, valid while the
+    // program runs; the daemon writes it only between passes.
+    let full = pass == full_pass
+        || unsafe { (*entry).full_pass } == pass
+        || (pass + u64::from(slot)) % FULL_PASS_EVERY == 0;
+    // SAFETY: as above.
+    let cgroup_due = unsafe { (*entry).session } != session;
+    // SAFETY: entry is the slot's element (above).
+    let active = unsafe { slot_active(entry, slot, session) };
+    if !full && !active && !cgroup_due {
+        return; // no thread of the slot ran since the last pass
+    }
     let tid = task.pid();
+    let mut state = core::ptr::null_mut();
+    // What the thread's state says, read once: the switch program may move it meanwhile
+    // (it runs on the thread's CPU), which at worst reports the thread again next pass.
+    let mut accounted = None;
+    if full || active {
+        state = S::get(task);
+        if state.is_null() {
+            // A thread that has not switched since the programs were loaded: the state
+            // is made here, so that from its next pass on it is reported only once it
+            // ran.
+            state = S::create(task);
+        }
+        if !state.is_null() {
+            // SAFETY: a non-null state is this thread's, valid while the program runs.
+            let s = unsafe { &*state };
+            accounted = Some((s.run_ns, s.reported_tid, s.reported_run_ns, s.reported_slot));
+        }
+    }
+    let unchanged = matches!(
+        accounted,
+        Some((run, reported_tid, reported_run, reported_slot))
+            if reported_tid == tid && run == reported_run && reported_slot == slot
+    );
+    // In a slot where nothing ran, nothing is reported (nor looked at: `accounted` is
+    // None there, and the state is not marked).
+    let report = full || (active && !unchanged);
+    if !report && !cgroup_due {
+        return;
+    }
+    if report {
+        // SAFETY: seq is the iterator's seq_file.
+        if unsafe { write(seq, &thread_sample(task, tid, slot)) }.is_err() {
+            // The read() buffer is full: the kernel shows this thread again at the start
+            // of the next read(), so nothing is lost.
+            count(stat::SAMPLES_DEFERRED);
+            return;
+        }
+    }
+    if cgroup_due {
+        // SAFETY: entry is the slot's element (above); seq is the iterator's seq_file.
+        match unsafe { try_cgroup_sample(task, slot, entry, seq) } {
+            Written::Yes => {
+                // SAFETY: as above: an aligned word of the element.
+                unsafe { (*entry).session = session };
+            }
+            Written::Nothing => {}
+            Written::Full => {
+                // The buffer filled after the thread's own record: the kernel drops what
+                // this task wrote and shows it again at the next read(), which writes
+                // both again (its state is not marked reported yet).
+                count(stat::SAMPLES_DEFERRED);
+                return;
+            }
+        }
+    }
+    if let Some((run, ..)) = accounted {
+        // SAFETY: non-null (accounted is Some); these fields are the iterator's alone.
+        let s = unsafe { &mut *state };
+        s.reported_run_ns = run;
+        s.reported_slot = slot;
+        s.reported_tid = tid;
+    }
+}
+
+/// Whether any thread of `slot` ran since the previous pass: its CPU counter moved
+/// (the switch program adds to it at every switch of one of its threads, and the
+/// checkpoint for the threads on a CPU, just before the pass). Decided at the slot's
+/// first thread in the pass, so that every thread of the slot gets the same answer; a
+/// thread that runs after that is seen by the next pass, whose answer that run changes.
+///
+/// # Safety
+/// `entry` must be the slot's element of `SLOT_CGROUPS`.
+#[inline(always)]
+unsafe fn slot_active(entry: *mut SlotCgroups, slot: u32, session: u64) -> bool {
+    // SAFETY: (every access below) an element of an array map, valid while the program
+    // runs; these fields are the iterator's, and one pass runs at a time.
+    if unsafe { (*entry).decided_session } == session {
+        // SAFETY: as above.
+        return unsafe { (*entry).active } != 0;
+    }
+    let run_ns = CGROUP_CPU.get(slot).map_or(0, |c| c.run_ns);
+    // SAFETY: as above.
+    let active = unsafe { (*entry).seen_run_ns } != run_ns;
+    // SAFETY: as above.
+    unsafe { (*entry).seen_run_ns = run_ns };
+    // SAFETY: as above.
+    unsafe { (*entry).active = u64::from(active) };
+    // SAFETY: as above.
+    unsafe { (*entry).decided_session = session };
+    active
+}
+
+/// The record of one thread of slot `slot`, with its process's figures.
+#[inline(always)]
+fn thread_sample(task: Task<Direct>, tid: u32, slot: u32) -> ThreadSample {
+    let now = task.cpu_times();
     let tgid = task.tgid();
+    let exited = task.exited_threads_times();
     let mut sample = ThreadSample {
         tid,
         tgid,
@@ -57,39 +183,21 @@ pub unsafe fn try_tracked_threads(ctx: *mut c_void) {
         user_ns: now.user,
         system_ns: now.system,
         start_ns: task.start_time(),
+        exited_run_ns: exited.run,
+        exited_user_ns: exited.user,
+        exited_system_ns: exited.system,
         slot,
         ..ThreadSample::default()
     };
     if tid == tgid {
         sample.flags |= sample_flags::LEADER;
-        let exited = task.exited_threads_times();
-        sample.exited_run_ns = exited.run;
-        sample.exited_user_ns = exited.user;
-        sample.exited_system_ns = exited.system;
-        if let Some((rss, swap)) = task.memory_pages() {
-            sample.flags |= sample_flags::MEMORY;
-            sample.rss_pages = rss;
-            sample.swap_pages = swap;
-        }
     }
-    // SAFETY: meta is the iterator's bpf_iter_meta, whose first field is its seq_file.
-    let seq = unsafe { *(meta as *const *mut aya_ebpf::bindings::seq_file) };
-    // SAFETY: seq is the iterator's seq_file; the source is a local of its size.
-    if unsafe { write(seq, &sample) }.is_err() {
-        // The read() buffer is full: the kernel shows this thread again at the start of
-        // the next read(), so nothing is lost.
-        count(stat::SAMPLES_DEFERRED);
-        return;
+    if let Some((rss, swap)) = task.memory_pages() {
+        sample.flags |= sample_flags::MEMORY;
+        sample.rss_pages = rss;
+        sample.swap_pages = swap;
     }
-    if tid == tgid {
-        // SAFETY: meta is the iterator's bpf_iter_meta, { seq, session_id, seq_num }:
-        // the address of its second field, inside it.
-        let session_id = unsafe { meta.add(8) } as *const u64;
-        // SAFETY: as above: its u64 session_id.
-        let session = unsafe { *session_id };
-        // SAFETY: seq as above.
-        unsafe { try_cgroup_sample(task, slot, session, seq) };
-    }
+    sample
 }
 
 /// Writes `record` to the iterator's output; `Err` when the read() buffer is full.
@@ -113,35 +221,37 @@ unsafe fn write<T>(seq: *mut aya_ebpf::bindings::seq_file, record: &T) -> Result
     }
 }
 
-/// At the first leader of a tracked cgroup met in this pass (`session`): one
+/// What [`try_cgroup_sample`] did.
+enum Written {
+    Yes,
+    /// The thread is not in the slot's registered cgroups (or the slot has none).
+    Nothing,
+    /// The read() buffer is full.
+    Full,
+}
+
+/// At the first thread of a tracked cgroup met in this pass that is in them: one
 /// [`CgroupSample`] with the counters of the memory and cpu cgroups the daemon
-/// registered for its slot, when the leader is in them. A cgroup whose leaders are all
-/// elsewhere (in its child cgroups, or where the controller is not enabled) gets none,
-/// and the daemon reads its control files instead.
+/// registered for its slot. A cgroup whose threads are all elsewhere (in its child
+/// cgroups, or where the controller is not enabled) gets none, and the daemon reads its
+/// control files instead.
 ///
 /// # Safety
-/// `seq` must be the iterator's seq_file.
+/// `entry` must be the slot's element of `SLOT_CGROUPS`, `seq` the iterator's seq_file.
 #[inline(always)]
 unsafe fn try_cgroup_sample(
     task: Task<Direct>,
     slot: u32,
-    session: u64,
+    entry: *mut SlotCgroups,
     seq: *mut aya_ebpf::bindings::seq_file,
-) {
-    let Some(entry) = SLOT_CGROUPS.get_ptr_mut(slot) else {
-        return;
-    };
-    // SAFETY: (this read and the next two) an element of an array map, valid while the
-    // program runs; the daemon may rewrite it meanwhile, word by word, which at worst
-    // reports one pass's counters of the slot's previous cgroups, as a read just before
-    // the rewrite would have.
-    let seen = unsafe { (*entry).session };
-    // SAFETY: as above.
+) -> Written {
+    // SAFETY: (this read and the next) an element of an array map, valid while the
+    // program runs (the caller's contract); the daemon writes it only between passes.
     let memory_id = unsafe { (*entry).memory_id };
     // SAFETY: as above.
     let cpu_id = unsafe { (*entry).cpu_id };
-    if seen == session || (memory_id == 0 && cpu_id == 0) {
-        return;
+    if memory_id == 0 && cpu_id == 0 {
+        return Written::Nothing;
     }
     let mut sample = CgroupSample {
         flags: sample_flags::CGROUP,
@@ -163,15 +273,12 @@ unsafe fn try_cgroup_sample(
         sample.throttled_ns = cpu.throttled_ns;
     }
     if sample.parts == 0 {
-        return;
+        return Written::Nothing;
     }
     // SAFETY: the caller's contract.
     if unsafe { write(seq, &sample) }.is_ok() {
-        // SAFETY: as above: an aligned word of the element.
-        unsafe { (*entry).session = session };
+        Written::Yes
     } else {
-        // The buffer filled after the leader's own record: the kernel drops what this
-        // task wrote and shows it again at the next read(), which writes both again.
-        count(stat::SAMPLES_DEFERRED);
+        Written::Full
     }
 }

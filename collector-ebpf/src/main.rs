@@ -12,8 +12,9 @@
 //!   just before it reads the counters, so a thread that has run for seconds without a
 //!   context switch is counted up to now, not only up to its last switch.
 //! * `tracked_threads` (iter/task) walks every task on the host once per interval and
-//!   reports each thread of a tracked cgroup (its CPU times, and its process's memory at
-//!   the leader), so every allocation's per-process figures need no /proc reads.
+//!   reports each thread of a tracked cgroup that ran since its last record (its CPU
+//!   times, and its process's memory), so every allocation's per-process figures need no
+//!   /proc reads, and an idle thread costs the daemon nothing but the walk.
 //! * `sched_switch_empty` is only for measuring the tracepoint's own cost.
 //!
 //! `tracked_threads` and `sched_switch_empty` are the same in both builds (`programs.rs`).
@@ -44,13 +45,16 @@ use crate::{
     store_task::TaskStore,
 };
 
+/// Where this build keeps each thread's state (the shared iterator uses it too).
+type Store = TaskStore;
+
 /// Context switch: accounts the thread being switched out.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next, ...)
     // SAFETY: argument 1 of sched_switch is the task being switched out, a BTF pointer.
     let prev = unsafe { Task::<Direct>::new(ctx.arg(1)) };
-    account_switch::<Direct, TaskStore, _>(&ctx, prev);
+    account_switch::<Direct, Store, _>(&ctx, prev);
     0
 }
 
@@ -61,6 +65,6 @@ pub fn checkpoint(ctx: RawTracePointContext) -> i32 {
     let task = unsafe { bpf_get_current_task_btf() };
     // SAFETY: the running task, a BTF pointer live while the program runs.
     let current = unsafe { Task::<Direct>::new(task.cast()) };
-    account::<Direct, TaskStore, _>(&ctx, current, false);
+    account::<Direct, Store, _>(&ctx, current, false);
     0
 }

@@ -73,6 +73,15 @@ pub fn generation() -> u64 {
         .unwrap_or_default()
 }
 
+/// The task iterator pass the daemon is running and its last pass in which every slot
+/// is full (`control::PASS`, `control::FULL_PASS`).
+#[inline(always)]
+pub fn passes() -> (u64, u64) {
+    let pass = CONTROL.get(control::PASS).copied().unwrap_or_default();
+    let full = CONTROL.get(control::FULL_PASS).copied().unwrap_or_default();
+    (pass, full)
+}
+
 #[inline(always)]
 pub fn count(slot: u32) {
     if let Some(counter) = STATS.get_ptr_mut(slot) {

@@ -27,12 +27,15 @@ use crate::{
     store_hash::HashStore,
 };
 
+/// Where this build keeps each thread's state (the shared iterator uses it too).
+type Store = HashStore;
+
 /// Context switch: accounts the thread being switched out.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: argument 1 of sched_switch is the task being switched out, a BTF pointer.
     let prev = unsafe { Task::<Direct>::new(ctx.arg(1)) };
-    account_switch::<Direct, HashStore, _>(&ctx, prev);
+    account_switch::<Direct, Store, _>(&ctx, prev);
     0
 }
 
@@ -43,6 +46,6 @@ pub fn checkpoint(ctx: RawTracePointContext) -> i32 {
     let task = unsafe { bpf_get_current_task() };
     // SAFETY: the running task's address, read here only through bpf_probe_read_kernel.
     let current = unsafe { Task::<Probed>::new(task as *const u8) };
-    account::<Probed, HashStore, _>(&ctx, current, false);
+    account::<Probed, Store, _>(&ctx, current, false);
     0
 }

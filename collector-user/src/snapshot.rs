@@ -63,6 +63,11 @@ pub struct Health {
     pub checkpoint_failures: u64,
     /// Processes of every task sampled in the last cycle.
     pub processes_sampled: u64,
+    /// Threads the task iterator's last pass reported (those that ran, and every thread
+    /// of the slots whose pass was full), and the records carried from earlier passes
+    /// for the threads that did not run.
+    pub threads_reported: u64,
+    pub threads_carried: u64,
     /// Cgroup control files kept open for re-reading (see `cgroup::control_files`).
     pub control_files_open: u64,
     /// Duration of the last collection cycle.

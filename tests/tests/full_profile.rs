@@ -232,6 +232,18 @@ fn each_process_rss_is_its_statm_resident_pages() {
         });
         assert!(rss >= 5 << 20, "process {pid}: {rss} B");
     }
+    // The holders sleep once their memory is touched: after that the task iterator no
+    // longer reports them, and the figures above are their carried records (a slot is
+    // read in full at its turn, once in 10 intervals, hence the wait).
+    let carried = eventually(Duration::from_secs(5), || {
+        daemon
+            .metric("nomad_collector_threads_carried", &[])
+            .filter(|&n| n >= holders.len() as f64)
+    });
+    assert!(
+        carried.is_some(),
+        "the sleeping holders' records are carried, not read again"
+    );
 }
 
 #[test]

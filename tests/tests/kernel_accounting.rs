@@ -86,7 +86,7 @@ fn process_run_ns(kernel: &mut KernelAccounting, pid: u32) -> Option<u64> {
     }
     let mut samples: Vec<ThreadSample> = Vec::new();
     kernel
-        .sample_tracked_threads(&mut samples, &mut Vec::new())
+        .sample_tracked_threads(next_pass(), true, &mut samples, &mut Vec::new())
         .unwrap();
     let tracked: Vec<u32> = kernel
         .tracked_entries()
@@ -113,6 +113,13 @@ fn process_run_ns(kernel: &mut KernelAccounting, pid: u32) -> Option<u64> {
             })
             .sum(),
     )
+}
+
+/// A new pass number for a test's iterator pass (every test's pass is full unless it
+/// says otherwise).
+fn next_pass() -> u64 {
+    static PASS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    PASS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Whether the task iterator must be on here: the loader probes features, the test
@@ -188,7 +195,7 @@ fn cgroup_counters_read_in_the_kernel_are_the_control_files_values() {
 
     let (mut threads, mut cgroups) = (Vec::new(), Vec::<CgroupSample>::new());
     kernel
-        .sample_tracked_threads(&mut threads, &mut cgroups)
+        .sample_tracked_threads(next_pass(), true, &mut threads, &mut cgroups)
         .unwrap();
     let read: Vec<&CgroupSample> = cgroups.iter().filter(|c| c.slot == slot).collect();
     assert_eq!(
@@ -651,4 +658,92 @@ fn the_wait_of_children_shorter_than_an_interval_is_counted() {
         counted.abs_diff(truth) <= truth / 10,
         "counted {counted} ns of wait vs the children's and parent's own {truth} ns"
     );
+}
+
+/// After a full pass, the task iterator reports a thread again only once it ran: a
+/// sleeping process is skipped, a spinning one reported with its new figures, and a
+/// slot the daemon marks full reports both.
+#[test]
+fn an_idle_thread_is_reported_again_only_once_it_ran() {
+    if let Some(kernel) = load("an_idle_thread_is_reported_again_only_once_it_ran") {
+        an_idle_thread_is_reported_again_only_once_it_ran_with(kernel);
+    }
+}
+
+/// The 5.10 build (threads' state in a hash map keyed by task), on this kernel.
+#[test]
+fn an_idle_thread_is_reported_again_only_once_it_ran_with_the_thread_hash() {
+    let test = "an_idle_thread_is_reported_again_only_once_it_ran_with_the_thread_hash";
+    if let Some(kernel) = load_with(test, ThreadStateChoice::Only(ThreadStateStore::Hash)) {
+        an_idle_thread_is_reported_again_only_once_it_ran_with(kernel);
+    }
+}
+
+fn an_idle_thread_is_reported_again_only_once_it_ran_with(mut kernel: KernelAccounting) {
+    if !kernel.features().process_iter.enabled {
+        assert!(
+            !process_iter_expected(),
+            "the iterator is off where it must be on"
+        );
+        return;
+    }
+    let cgroup = Cgroup::outside_nomad(&format!("collector-test/{}", uuid()));
+    let slot = 1;
+    track(&mut kernel, cgroup.cpu_id(), slot, monotonic_ns());
+    let sleeper = cgroup.spawn(burner!().args(["sleep", "30"]));
+    let spinner = cgroup.spawn(burner!().args(["spin", "1", "30"]));
+    thread::sleep(Duration::from_millis(300));
+    // Pass numbers away from the slot's turn ((pass + slot) % FULL_PASS_EVERY == 0).
+    let run = |kernel: &mut KernelAccounting, pass: u64, full: bool| {
+        assert_ne!(
+            (pass + u64::from(slot)) % collector_common::FULL_PASS_EVERY,
+            0
+        );
+        // As the daemon does before each pass: a thread on a CPU is accounted up to now.
+        assert_eq!(kernel.checkpoint(), 0);
+        let mut samples: Vec<ThreadSample> = Vec::new();
+        kernel
+            .sample_tracked_threads(pass, full, &mut samples, &mut Vec::new())
+            .unwrap();
+        samples.retain(|s| s.slot == slot);
+        let run_of = |pid: u32| samples.iter().find(|s| s.tgid == pid).map(|s| s.run_ns);
+        (run_of(sleeper.pid()), run_of(spinner.pid()))
+    };
+    let (sleeping, spinning) = run(&mut kernel, 1001, true);
+    assert!(
+        sleeping.is_some(),
+        "a full pass reports the sleeping process"
+    );
+    let spun = spinning.expect("a full pass reports the spinning process");
+    thread::sleep(Duration::from_millis(200));
+    let (sleeping, spinning) = run(&mut kernel, 1002, false);
+    assert_eq!(
+        sleeping, None,
+        "the sleeping process did not run: not reported"
+    );
+    let spun_more = spinning.expect("the spinning process ran: reported");
+    assert!(
+        spun_more > spun + 100_000_000,
+        "its new record has its new CPU time: {spun} -> {spun_more} ns"
+    );
+    kernel.mark_full(slot, 1003).unwrap();
+    let (sleeping, spinning) = run(&mut kernel, 1003, false);
+    assert!(
+        sleeping.is_some() && spinning.is_some(),
+        "a slot marked full reports every thread"
+    );
+    let (sleeping, _) = run(&mut kernel, 1004, false);
+    assert_eq!(sleeping, None, "skipped again once reported");
+    // Nothing of the slot runs any more: no thread of it is looked at.
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(spinner.pid() as i32, libc::SIGSTOP) };
+    thread::sleep(Duration::from_millis(100));
+    run(&mut kernel, 1005, false);
+    assert_eq!(
+        run(&mut kernel, 1006, false),
+        (None, None),
+        "a slot where nothing ran reports nothing"
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(spinner.pid() as i32, libc::SIGCONT) };
 }

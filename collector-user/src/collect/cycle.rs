@@ -258,6 +258,7 @@ impl Collector {
             health.max_tracked_cgroups = u64::from(ebpf.max_tracked());
             health.tracked_cgroups_full = ebpf.full_events();
             health.checkpoint_failures = ebpf.checkpoint_failures();
+            (health.threads_reported, health.threads_carried) = ebpf.thread_records();
         }
         health
     }

@@ -9,7 +9,10 @@ use collector_common::{
 };
 use tracing::{info, warn};
 
-use super::fastmap::FastMap;
+use super::{
+    carry::{CarriedThreads, Seen},
+    fastmap::FastMap,
+};
 use crate::{
     cgroup::{KernelCgroupCounters, KernelMemoryCounters, KernelThrottleCounters},
     kernel::{
@@ -109,7 +112,14 @@ pub struct EbpfSource {
     max_tracked: u32,
     checkpoint_failures: u64,
     counters: Vec<CgroupCpu>,
+    /// Whether `counters` are this cycle's (the last `read` succeeded).
+    counters_fresh: bool,
+    /// The last pass's reports (only the threads that ran, in most slots) ...
     samples: Vec<ThreadSample>,
+    /// ... merged into every tracked thread's last record.
+    carried: CarriedThreads,
+    /// Reused: the slots to mark full for the next pass.
+    full_slots: Vec<u32>,
     /// The last pass's cgroup counters, sorted by slot.
     cgroup_samples: Vec<CgroupSample>,
     /// The last pass's processes, by the counter slot of their cgroup (see
@@ -131,36 +141,46 @@ struct SlotProcesses {
 }
 
 impl SlotProcesses {
-    /// Folds one pass's thread records into processes: the threads of one process in
+    /// Folds the threads' last records into processes: the threads of one process in
     /// one cgroup become one sample (a process whose threads sit in two cgroups, as
-    /// cgroup v2's threaded mode allows, gets one sample in each).
-    fn fold(&mut self, threads: &[ThreadSample], page_size: u64) {
+    /// cgroup v2's threaded mode allows, gets one sample in each). Every record carries
+    /// its process's figures as they were when it was read; the newest is taken.
+    fn fold(&mut self, threads: &[Seen], page_size: u64) {
         self.slots.clear();
         self.processes.clear();
-        // Sorted as (slot, tgid) keys with the record's index, not as 88-byte records.
+        // Sorted as (slot, tgid) keys with the record's index, not as 96-byte records.
         let keys = &mut self.keys;
         keys.clear();
-        keys.extend(
-            threads
-                .iter()
-                .enumerate()
-                .map(|(i, t)| ((u64::from(t.slot) << 32) | u64::from(t.tgid), i)),
-        );
+        keys.extend(threads.iter().enumerate().map(|(i, t)| {
+            (
+                (u64::from(t.sample.slot) << 32) | u64::from(t.sample.tgid),
+                i,
+            )
+        }));
         keys.sort_unstable();
         for group in keys.chunk_by(|a, b| a.0 == b.0) {
-            let first = &threads[group[0].1];
+            let records = || group.iter().map(|&(_, i)| &threads[i]);
+            let first = &threads[group[0].1].sample;
+            let leader = records().find(|t| t.sample.flags & sample_flags::LEADER != 0);
+            // Without the leader in this cgroup, the oldest thread tells a reused PID.
+            let start = leader.map_or_else(
+                || records().map(|t| t.sample.start_ns).min().unwrap_or(0),
+                |l| l.sample.start_ns,
+            );
+            // The newest record, the leader's among equals.
+            let newest = records()
+                .max_by_key(|t| (t.pass, t.sample.flags & sample_flags::LEADER != 0))
+                .map(|t| &t.sample);
             let mut process = ProcessSample {
                 pid: first.tgid,
-                // Without the leader in this cgroup, the oldest thread tells a reused PID.
-                start: group
-                    .iter()
-                    .map(|&(_, i)| threads[i].start_ns)
-                    .min()
-                    .unwrap_or(0),
+                start,
                 ..ProcessSample::default()
             };
-            for &(_, i) in group {
-                fold_thread(&mut process, &threads[i], page_size);
+            for t in records() {
+                fold_thread(&mut process, &t.sample);
+            }
+            if let Some(newest) = newest {
+                fold_process(&mut process, newest, page_size);
             }
             self.slots.push(first.slot);
             self.processes.push(process);
@@ -174,27 +194,29 @@ impl SlotProcesses {
     }
 }
 
-/// Adds a thread's record to its process's sample.
-fn fold_thread(process: &mut ProcessSample, thread: &ThreadSample, page_size: u64) {
+/// Adds a thread's own CPU to its process's sample.
+fn fold_thread(process: &mut ProcessSample, thread: &ThreadSample) {
     process.cpu = process.cpu.saturating_add(CpuTimes {
         run_ns: thread.run_ns,
         user_ns: thread.user_ns,
         system_ns: thread.system_ns,
     });
-    if thread.flags & sample_flags::LEADER != 0 {
-        process.start = thread.start_ns;
-        process.cpu = process.cpu.saturating_add(CpuTimes {
-            run_ns: thread.exited_run_ns,
-            user_ns: thread.exited_user_ns,
-            system_ns: thread.exited_system_ns,
+}
+
+/// Adds the process-wide figures of one of its threads' records: the CPU of its exited
+/// threads, and its memory.
+fn fold_process(process: &mut ProcessSample, thread: &ThreadSample, page_size: u64) {
+    process.cpu = process.cpu.saturating_add(CpuTimes {
+        run_ns: thread.exited_run_ns,
+        user_ns: thread.exited_user_ns,
+        system_ns: thread.exited_system_ns,
+    });
+    if thread.flags & sample_flags::MEMORY != 0 {
+        // The kernel's per-CPU counters can read slightly negative; clamp.
+        process.memory = Some(ProcessMemory {
+            rss_bytes: thread.rss_pages.max(0) as u64 * page_size,
+            swap_bytes: thread.swap_pages.max(0) as u64 * page_size,
         });
-        if thread.flags & sample_flags::MEMORY != 0 {
-            // The kernel's per-CPU counters can read slightly negative; clamp.
-            process.memory = Some(ProcessMemory {
-                rss_bytes: thread.rss_pages.max(0) as u64 * page_size,
-                swap_bytes: thread.swap_pages.max(0) as u64 * page_size,
-            });
-        }
     }
 }
 
@@ -256,7 +278,10 @@ impl EbpfSource {
             max_tracked: options.max_tracked_cgroups,
             checkpoint_failures: 0,
             counters: Vec::new(),
+            counters_fresh: false,
             samples: Vec::new(),
+            carried: CarriedThreads::default(),
+            full_slots: Vec::new(),
             cgroup_samples: Vec::new(),
             processes: SlotProcesses::default(),
             processes_read: false,
@@ -313,6 +338,13 @@ impl EbpfSource {
 
     pub fn checkpoint_failures(&self) -> u64 {
         self.checkpoint_failures
+    }
+
+    /// (threads the last pass reported, records carried for the others).
+    pub fn thread_records(&self) -> (u64, u64) {
+        let reported = self.samples.len();
+        let all = self.carried.records().len();
+        (reported as u64, all.saturating_sub(reported) as u64)
     }
 
     /// Makes the kernel attribute exactly the cgroups in `wanted` (id -> since_ns).
@@ -377,6 +409,7 @@ impl EbpfSource {
             };
             self.kernel
                 .set_slot_cgroups(slot, tracking.memory_id, tracking.cpu_id)?;
+            self.carried.renew(slot);
             if self.kernel.track(id, entry)? {
                 self.tracked.insert(id, slot);
                 changed = true;
@@ -418,8 +451,10 @@ impl EbpfSource {
                  slices are counted at their next context switch instead"
             );
         }
+        self.counters_fresh = false;
         self.kernel
             .read_cgroup_cpu(self.slots.high_water(), &mut self.counters)?;
+        self.counters_fresh = true;
         out.clear();
         for (&id, &slot) in &self.tracked {
             if let Some(cpu) = self.counters.get(slot as usize) {
@@ -442,20 +477,40 @@ impl EbpfSource {
     }
 
     /// Reads the processes of every tracked cgroup with one pass of the task iterator
-    /// (see [`EbpfSource::processes_in`]). Without the iterator, nothing is read and
-    /// every cgroup shows no process.
+    /// (see [`EbpfSource::processes_in`]): the threads that ran since their last record,
+    /// the others carried (see `carry`). Without the iterator, nothing is read and every
+    /// cgroup shows no process.
     pub fn sample_processes(&mut self) -> Result<(), KernelError> {
-        let result = self
-            .kernel
-            .sample_tracked_threads(&mut self.samples, &mut self.cgroup_samples);
+        if !self.counters_fresh {
+            // The exits that decide which slots are full are unknown.
+            self.carried.lose();
+        }
+        let result = self.pass();
         self.processes_read = result.is_ok();
         if result.is_err() {
+            self.carried.lose();
             self.samples.clear();
             self.cgroup_samples.clear();
         }
-        self.processes.fold(&self.samples, self.page_size);
-        self.cgroup_samples.sort_unstable_by_key(|c| c.slot);
+        self.processes.fold(self.carried.records(), self.page_size);
         result
+    }
+
+    /// One pass: plan, mark, run, merge.
+    fn pass(&mut self) -> Result<(), KernelError> {
+        let plan = self.carried.plan(&self.counters, &mut self.full_slots);
+        for &slot in &self.full_slots {
+            self.kernel.mark_full(slot, plan.pass)?;
+        }
+        self.kernel.sample_tracked_threads(
+            plan.pass,
+            plan.all_full,
+            &mut self.samples,
+            &mut self.cgroup_samples,
+        )?;
+        self.cgroup_samples.sort_unstable_by_key(|c| c.slot);
+        self.carried.merge(&self.samples, &self.cgroup_samples);
+        Ok(())
     }
 
     /// The counters the last [`EbpfSource::sample_processes`] read in the kernel for
@@ -494,8 +549,12 @@ impl EbpfSource {
 mod tests {
     use super::*;
 
+    fn seen(sample: ThreadSample, pass: u64) -> Seen {
+        Seen { sample, pass }
+    }
+
     #[test]
-    fn threads_fold_into_their_process_with_the_leaders_extras() {
+    fn threads_fold_into_their_process_with_its_newest_figures() {
         let leader = ThreadSample {
             tid: 10,
             tgid: 10,
@@ -516,15 +575,26 @@ mod tests {
             tgid: 10,
             run_ns: 50,
             user_ns: 50,
+            system_ns: 0,
             start_ns: 9,
-            ..ThreadSample::default()
+            ..leader
         };
-        let mut process = ProcessSample::default();
-        fold_thread(&mut process, &worker, 4096);
-        fold_thread(&mut process, &leader, 4096);
-        assert_eq!(process.cpu.run_ns, 1150);
-        assert_eq!(process.cpu.user_ns, 610);
-        assert_eq!(process.cpu.system_ns, 540);
+        let worker = ThreadSample {
+            flags: sample_flags::MEMORY,
+            ..worker
+        };
+        let mut table = SlotProcesses::default();
+        table.fold(&[seen(worker, 1), seen(leader, 1)], 4096);
+        let process = &table.in_slot(0)[0];
+        assert_eq!(
+            (
+                process.cpu.run_ns,
+                process.cpu.user_ns,
+                process.cpu.system_ns
+            ),
+            (1150, 610, 540),
+            "both threads, and the exited ones once"
+        );
         assert_eq!(
             process.start, 7,
             "the process is identified by its leader's start"
@@ -536,18 +606,37 @@ mod tests {
                 swap_bytes: 0
             })
         );
+
+        // The worker ran since: its newer record carries the process's newer figures,
+        // the leader's (carried) record its own CPU only.
+        let newer = ThreadSample {
+            run_ns: 80,
+            exited_run_ns: 2000,
+            rss_pages: 5,
+            ..worker
+        };
+        table.fold(&[seen(leader, 1), seen(newer, 2)], 4096);
+        let process = &table.in_slot(0)[0];
+        assert_eq!(process.cpu.run_ns, 100 + 80 + 2000);
+        assert_eq!(process.memory.map(|m| m.rss_bytes), Some(5 * 4096));
+        assert_eq!(process.start, 7);
     }
 
     #[test]
     fn a_pass_folds_into_processes_per_cgroup_slot() {
-        let thread = |slot, tgid, tid, run_ns| ThreadSample {
-            slot,
-            tgid,
-            tid,
-            run_ns,
-            start_ns: u64::from(tid),
-            flags: if tid == tgid { sample_flags::LEADER } else { 0 },
-            ..ThreadSample::default()
+        let thread = |slot, tgid, tid, run_ns| {
+            seen(
+                ThreadSample {
+                    slot,
+                    tgid,
+                    tid,
+                    run_ns,
+                    start_ns: u64::from(tid),
+                    flags: if tid == tgid { sample_flags::LEADER } else { 0 },
+                    ..ThreadSample::default()
+                },
+                1,
+            )
         };
         let threads = vec![
             thread(2, 30, 31, 5),

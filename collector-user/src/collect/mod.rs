@@ -13,6 +13,7 @@
 //! | cgroup memory, throttling | kernel counters read in the same pass; `memory.stat` re-read when they moved | control files kept open, re-read |
 
 pub mod assemble;
+mod carry;
 mod clock;
 mod cycle;
 pub mod ebpf;

@@ -144,6 +144,9 @@ pub struct KernelAccounting {
     tracked: BpfHashMap<MapData, u64, TrackedCgroup>,
     cgroup_cpu: Array<MapData, CgroupCpu>,
     slot_cgroups: Array<MapData, SlotCgroups>,
+    /// What the daemon last wrote to each slot of `slot_cgroups`, so that marking a
+    /// slot's pass full rewrites it whole.
+    slot_entries: Vec<SlotCgroups>,
     control: Array<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
     _switch_link: SwitchLink,
@@ -494,6 +497,7 @@ impl KernelAccounting {
             tracked,
             cgroup_cpu,
             slot_cgroups,
+            slot_entries: Vec::new(),
             control,
             stats,
             _switch_link: switch_link,
@@ -580,8 +584,29 @@ impl KernelAccounting {
         let entry = SlotCgroups {
             memory_id,
             cpu_id,
-            session: 0,
+            ..SlotCgroups::default()
         };
+        self.slot_cgroups
+            .set(slot, entry, 0)
+            .map_err(map_err(SLOT_CGROUPS_MAP))?;
+        let index = slot as usize;
+        if self.slot_entries.len() <= index {
+            self.slot_entries.resize(index + 1, SlotCgroups::default());
+        }
+        self.slot_entries[index] = entry;
+        Ok(())
+    }
+
+    /// Makes the task iterator report every thread of `slot` in pass `pass`.
+    pub fn mark_full(&mut self, slot: u32, pass: u64) -> Result<(), KernelError> {
+        let mut entry = self
+            .slot_entries
+            .get(slot as usize)
+            .copied()
+            .unwrap_or_default();
+        entry.full_pass = pass;
+        // `session` goes back to 0 with it: the iterator only compares it with the
+        // session of a pass, and no pass runs while the daemon writes.
         self.slot_cgroups
             .set(slot, entry, 0)
             .map_err(map_err(SLOT_CGROUPS_MAP))
@@ -651,8 +676,14 @@ impl KernelAccounting {
     /// Runs the task iterator over every task on the host and replaces `threads` with
     /// one sample per thread of a tracked cgroup and `cgroups` with the counters of the
     /// tracked cgroups it could read them for.
+    ///
+    /// `pass` numbers the pass (see `control::PASS`); with `full`, every thread is
+    /// reported, else only those that ran since their last record and those of the
+    /// slots marked full for this pass ([`KernelAccounting::mark_full`]).
     pub fn sample_tracked_threads(
         &mut self,
+        pass: u64,
+        full: bool,
         threads: &mut Vec<ThreadSample>,
         cgroups: &mut Vec<CgroupSample>,
     ) -> Result<(), KernelError> {
@@ -660,6 +691,14 @@ impl KernelAccounting {
         let Some(link) = &self.iter_link else {
             return Err(KernelError::Missing(ITER_PROGRAM));
         };
+        if full {
+            self.control
+                .set(control::FULL_PASS, pass, 0)
+                .map_err(map_err(CONTROL_MAP))?;
+        }
+        self.control
+            .set(control::PASS, pass, 0)
+            .map_err(map_err(CONTROL_MAP))?;
         let mut file = sys::iter_create(link.as_fd()).map_err(io("opening the task iterator"))?;
         self.read_buf.clear();
         file.read_to_end(&mut self.read_buf)

@@ -398,7 +398,7 @@ fn feature_on(h: &HealthInput<'_>, feature: &str) -> f64 {
     })
 }
 
-pub static HEALTH: [HealthFamily; 24] = [
+pub static HEALTH: [HealthFamily; 26] = [
     HealthFamily {
         family: Family::gauge(
             "nomad_collector_programs_attached",
@@ -454,6 +454,22 @@ pub static HEALTH: [HealthFamily; 24] = [
         ),
         json: "nomad_collector.processes_sampled",
         value: |h| h.health.processes_sampled as f64,
+    },
+    HealthFamily {
+        family: Family::gauge(
+            "nomad_collector_threads_reported",
+            "Threads the last task iterator pass reported: those that ran since their last record, and every thread of the tasks read in full.",
+        ),
+        json: "nomad_collector.threads_reported",
+        value: |h| h.health.threads_reported as f64,
+    },
+    HealthFamily {
+        family: Family::gauge(
+            "nomad_collector_threads_carried",
+            "Threads that did not run since their last record, whose record was carried into the last cycle instead of read again.",
+        ),
+        json: "nomad_collector.threads_carried",
+        value: |h| h.health.threads_carried as f64,
     },
     HealthFamily {
         family: Family::gauge(

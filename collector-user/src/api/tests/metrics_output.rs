@@ -114,6 +114,8 @@ async fn metrics_json_shape() {
         "cycle_errors",
         "control_files_open",
         "processes_sampled",
+        "threads_reported",
+        "threads_carried",
         "tracked_cgroups",
         "tracked_cgroups_max",
         "tracked_cgroups_full",

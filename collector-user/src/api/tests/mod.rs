@@ -256,6 +256,8 @@ fn snapshot() -> Snapshot {
             checkpoint_failures: 0,
             control_files_open: 12,
             processes_sampled: 9,
+            threads_reported: 4,
+            threads_carried: 6,
             cycle_duration: Duration::from_millis(12),
             cycle_cpu: Duration::from_millis(3),
             cycles: 100,
