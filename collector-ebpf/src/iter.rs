@@ -81,7 +81,10 @@ pub unsafe fn try_tracked_threads<S: ThreadStore<Direct>>(ctx: *mut c_void) {
     let mut state = core::ptr::null_mut();
     // What the thread's state says, read once: the switch program may move it meanwhile
     // (it runs on the thread's CPU), which at worst reports the thread again next pass.
-    let mut accounted = None;
+    // Plain values, not an `Option`: LLVM may read the undefined payload of a `None`,
+    // which 5.10's verifier rejects as a read of uninitialized stack.
+    let mut run_ns = 0;
+    let mut unchanged = false;
     if full || active {
         state = S::get(task);
         if state.is_null() {
@@ -93,16 +96,13 @@ pub unsafe fn try_tracked_threads<S: ThreadStore<Direct>>(ctx: *mut c_void) {
         if !state.is_null() {
             // SAFETY: a non-null state is this thread's, valid while the program runs.
             let s = unsafe { &*state };
-            accounted = Some((s.run_ns, s.reported_tid, s.reported_run_ns, s.reported_slot));
+            run_ns = s.run_ns;
+            unchanged =
+                s.reported_tid == tid && s.reported_run_ns == run_ns && s.reported_slot == slot;
         }
     }
-    let unchanged = matches!(
-        accounted,
-        Some((run, reported_tid, reported_run, reported_slot))
-            if reported_tid == tid && run == reported_run && reported_slot == slot
-    );
-    // In a slot where nothing ran, nothing is reported (nor looked at: `accounted` is
-    // None there, and the state is not marked).
+    // In a slot where nothing ran, nothing is reported (nor looked at: `state` is null
+    // there, and not marked).
     let report = full || (active && !unchanged);
     if !report && !cgroup_due {
         return;
@@ -133,10 +133,10 @@ pub unsafe fn try_tracked_threads<S: ThreadStore<Direct>>(ctx: *mut c_void) {
             }
         }
     }
-    if let Some((run, ..)) = accounted {
-        // SAFETY: non-null (accounted is Some); these fields are the iterator's alone.
+    if !state.is_null() {
+        // SAFETY: non-null, this thread's (above); these fields are the iterator's alone.
         let s = unsafe { &mut *state };
-        s.reported_run_ns = run;
+        s.reported_run_ns = run_ns;
         s.reported_slot = slot;
         s.reported_tid = tid;
     }
