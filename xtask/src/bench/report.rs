@@ -543,7 +543,8 @@ fn kernel_tables(report: &Report, w: &mut String) {
          program runs on every context switch of the host (whatever else the shared machine \
          runs); the checkpoint once per CPU per cycle; the task iterator once per task of the \
          host per cycle (one pass, which writes records for the threads of tracked \
-         cgroups).\n"
+         cgroups that ran since their last record, and for every thread of the cgroups \
+         read in full that pass; the daemon carries the others' records).\n"
     );
     let _ = writeln!(
         w,
