@@ -690,9 +690,10 @@ fn memory_table(report: &Report, w: &mut String) {
         w,
         "VmRSS and peak VmHWM from `/proc/<pid>/status` at the end of the window; kernel \
          memory of the eBPF maps and programs the daemon holds (`memlock` of \
-         `/proc/<pid>/fdinfo`; the task-storage map's per-thread entries, about 100 bytes \
-         per thread that ran since the programs were loaded, are allocated as threads \
-         switch and freed with them, and are not in its `memlock`).\n"
+         `/proc/<pid>/fdinfo`; the task-storage map's per-thread entries, a 192-byte slab \
+         object per thread that ran since the programs were loaded (or that the iterator \
+         read), are allocated as threads switch and freed with them, and are not in its \
+         `memlock`).\n"
     );
     let _ = writeln!(
         w,
