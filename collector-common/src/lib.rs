@@ -129,11 +129,17 @@ pub mod control {
     pub const COUNT: u32 = 3;
 }
 
-/// Every slot's pass is full once in this many (`(pass + slot) % FULL_PASS_EVERY == 0`),
+/// Every slot's pass is full once in this many (see [`full_by_turn`]),
 /// so that no record is carried longer: it bounds what the daemon's rules for carrying a
 /// record cannot see (a sleeping thread moved to an untracked cgroup, a sleeping
 /// process's pages mapped or unmapped by another process).
 pub const FULL_PASS_EVERY: u64 = 10;
+
+/// Whether `slot`'s pass `pass` is full by turn: the iterator and the daemon both ask.
+#[inline(always)]
+pub const fn full_by_turn(pass: u64, slot: u32) -> bool {
+    (pass + slot as u64).is_multiple_of(FULL_PASS_EVERY)
+}
 
 /// [`ThreadState::slot`] of a thread that belongs to no tracked cgroup.
 pub const NO_SLOT: u32 = u32::MAX;

@@ -6,7 +6,7 @@
 //! every switch, and the checkpoint for a thread on a CPU) and its cgroup are what that
 //! record saw, so the daemon's copy of the record is still exact. A slot the daemon marks
 //! full for this pass (`SlotCgroups::full_pass`) has every thread reported: after an exit
-//! or a move of its memory, at its turn (`FULL_PASS_EVERY`), or when the daemon has no
+//! or a move of its memory, at its turn (`full_by_turn`), or when the daemon has no
 //! records to carry.
 //!
 //! Which tracked cgroup a thread is in is looked up from its cgroups (the chain from its
@@ -19,7 +19,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::bpf_seq_write;
 use collector_common::{
-    cgroup_parts, sample_flags, stat, CgroupSample, SlotCgroups, ThreadSample, FULL_PASS_EVERY,
+    cgroup_parts, full_by_turn, sample_flags, stat, CgroupSample, SlotCgroups, ThreadSample,
     NO_SLOT, PF_KTHREAD,
 };
 
@@ -67,9 +67,8 @@ pub unsafe fn try_tracked_threads<S: ThreadStore<Direct>>(ctx: *mut c_void) {
     let (pass, full_pass) = passes();
     // SAFETY: (this read and the next) an element of an array map, valid while the
     // program runs; the daemon writes it only between passes.
-    let full = pass == full_pass
-        || unsafe { (*entry).full_pass } == pass
-        || (pass + u64::from(slot)) % FULL_PASS_EVERY == 0;
+    let full =
+        pass == full_pass || unsafe { (*entry).full_pass } == pass || full_by_turn(pass, slot);
     // SAFETY: as above.
     let cgroup_due = unsafe { (*entry).session } != session;
     // SAFETY: entry is the slot's element (above).
@@ -133,7 +132,9 @@ pub unsafe fn try_tracked_threads<S: ThreadStore<Direct>>(ctx: *mut c_void) {
             }
         }
     }
-    if !state.is_null() {
+    // Only a record moves what the state says was reported (an unchanged thread's
+    // fields already hold these values).
+    if report && !state.is_null() {
         // SAFETY: non-null, this thread's (above); these fields are the iterator's alone.
         let s = unsafe { &mut *state };
         s.reported_run_ns = run_ns;

@@ -12,13 +12,13 @@
 //!   exited-thread CPU and its list of threads changed;
 //! - the slot's memory cgroup usage or swap moved, or the pass read none for it;
 //! - the slot was handed to a new cgroup;
-//! - its turn came, once in [`FULL_PASS_EVERY`] passes, which bounds how long a record
+//! - its turn came, once in [`FULL_PASS_EVERY`](collector_common::FULL_PASS_EVERY) passes, which bounds how long a record
 //!   is carried (a sleeping thread moved to an untracked cgroup is not reported);
 //! - the daemon lost track (its first pass, a failed read): every slot is full.
 //!
 //! Pure: the decisions and the merge, with no I/O (see `ebpf.rs` for the kernel side).
 
-use collector_common::{cgroup_parts, CgroupCpu, CgroupSample, ThreadSample, FULL_PASS_EVERY};
+use collector_common::{cgroup_parts, full_by_turn, CgroupCpu, CgroupSample, ThreadSample};
 
 /// A thread's record and the pass that read it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,7 +95,7 @@ impl CarriedThreads {
             let exited = counters.get(slot).map_or(0, |c| c.exited_threads);
             let exits = exited != watch.exited;
             watch.exited = exited;
-            let turn = is_turn(self.pass, slot as u32);
+            let turn = full_by_turn(self.pass, slot as u32);
             watch.full_now = self.all_full || turn || watch.full_next || exits;
             watch.full_next = false;
             if watch.full_now && !self.all_full && !turn {
@@ -180,11 +180,6 @@ impl CarriedThreads {
     pub fn records(&self) -> &[Seen] {
         &self.records
     }
-}
-
-/// Whether `slot`'s pass `pass` is full by turn; the iterator computes the same.
-fn is_turn(pass: u64, slot: u32) -> bool {
-    (pass + u64::from(slot)).is_multiple_of(FULL_PASS_EVERY)
 }
 
 #[cfg(test)]
@@ -336,7 +331,7 @@ mod tests {
         }
         let plan = carried.plan(&counters, &mut mark);
         assert_eq!(plan.pass, 8);
-        assert!(is_turn(8, 2) && !is_turn(8, 1));
+        assert!(full_by_turn(8, 2) && !full_by_turn(8, 1));
         assert!(mark.is_empty(), "the iterator computes the turn itself");
         carried.merge(&[], &cgroups);
         assert_eq!(

@@ -112,8 +112,6 @@ pub struct EbpfSource {
     max_tracked: u32,
     checkpoint_failures: u64,
     counters: Vec<CgroupCpu>,
-    /// Whether `counters` are this cycle's (the last `read` succeeded).
-    counters_fresh: bool,
     /// The last pass's reports (only the threads that ran, in most slots) ...
     samples: Vec<ThreadSample>,
     /// ... merged into every tracked thread's last record.
@@ -278,7 +276,6 @@ impl EbpfSource {
             max_tracked: options.max_tracked_cgroups,
             checkpoint_failures: 0,
             counters: Vec::new(),
-            counters_fresh: false,
             samples: Vec::new(),
             carried: CarriedThreads::default(),
             full_slots: Vec::new(),
@@ -451,10 +448,11 @@ impl EbpfSource {
                  slices are counted at their next context switch instead"
             );
         }
-        self.counters_fresh = false;
         self.kernel
-            .read_cgroup_cpu(self.slots.high_water(), &mut self.counters)?;
-        self.counters_fresh = true;
+            .read_cgroup_cpu(self.slots.high_water(), &mut self.counters)
+            // The exits that decide which slots' passes are full are unknown: nothing
+            // is carried into the next pass.
+            .inspect_err(|_| self.carried.lose())?;
         out.clear();
         for (&id, &slot) in &self.tracked {
             if let Some(cpu) = self.counters.get(slot as usize) {
@@ -481,10 +479,6 @@ impl EbpfSource {
     /// the others carried (see `carry`). Without the iterator, nothing is read and every
     /// cgroup shows no process.
     pub fn sample_processes(&mut self) -> Result<(), KernelError> {
-        if !self.counters_fresh {
-            // The exits that decide which slots are full are unknown.
-            self.carried.lose();
-        }
         let result = self.pass();
         self.processes_read = result.is_ok();
         if result.is_err() {

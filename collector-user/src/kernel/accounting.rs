@@ -605,8 +605,9 @@ impl KernelAccounting {
             .copied()
             .unwrap_or_default();
         entry.full_pass = pass;
-        // `session` goes back to 0 with it: the iterator only compares it with the
-        // session of a pass, and no pass runs while the daemon writes.
+        // The iterator's fields go back to 0 with it, harmlessly: `session` and
+        // `decided_session` are only compared with the session of a pass, and the
+        // slot's `seen_run_ns` is taken again in this pass, which is full anyway.
         self.slot_cgroups
             .set(slot, entry, 0)
             .map_err(map_err(SLOT_CGROUPS_MAP))
