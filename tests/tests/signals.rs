@@ -1,5 +1,5 @@
 //! The figures no peer reports, through the daemon's API on the real kernel: run-queue
-//! wait, processes started and exited, OOM kills (issue 11).
+//! wait, processes started and exited, OOM kills (issue 11), pressure stall totals.
 
 use std::{process::Command, thread, time::Duration};
 
@@ -89,6 +89,66 @@ fn two_busy_tasks_on_one_cpu_each_wait_half_the_time_in_the_api() {
         .as_f64()
         .expect("a cumulative wait");
     assert!(total > 0.5, "task a's total wait is {total} s");
+}
+
+/// The `total=` (µs) of the `some` line of a cgroup2 pressure file, in seconds.
+fn some_total_seconds(pressure: &str) -> f64 {
+    let line = pressure
+        .lines()
+        .find(|l| l.starts_with("some "))
+        .unwrap_or_else(|| panic!("no `some` line in {pressure:?}"));
+    let total = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("total="))
+        .unwrap_or_else(|| panic!("no total in {line:?}"));
+    total.parse::<f64>().expect("a number of µs") / 1e6
+}
+
+#[test]
+fn cpu_pressure_follows_the_cgroup_while_busy_and_after_its_threads_stop() {
+    if !privileged("cpu_pressure_follows_the_cgroup_while_busy_and_after_its_threads_stop") {
+        return;
+    }
+    let alloc = uuid();
+    let task = Cgroup::create(
+        &["unified"],
+        &format!("nomad.slice/share.slice/{alloc}.busy.scope"),
+    );
+    let daemon = daemon();
+    eventually(Duration::from_secs(15), || {
+        task_info(&daemon, &alloc, "busy")
+    })
+    .expect("the allocation is listed");
+    let file = || some_total_seconds(&task.read("unified", "cpu.pressure"));
+    let listed = |t: &Value| t["Pressure"]["Cpu"]["SomeSeconds"].as_f64();
+    // Two threads on one CPU: one of them always waits, so `some` grows at about
+    // wall-clock speed.
+    let one = task.spawn(&mut pinned_burner(&["spin", "1", "60"]));
+    let two = task.spawn(&mut pinned_burner(&["spin", "1", "60"]));
+    let busy = task_info_when(&daemon, &alloc, "busy", |t| {
+        listed(t).is_some_and(|s| s > 1.0)
+    })
+    .unwrap_or_else(|| panic!("cpu pressure is not reported: {}", daemon.log_text()));
+    let (reported, truth) = (listed(&busy).unwrap(), file());
+    // The daemon's figure is at most one interval (0.5 s, plus the request) older than
+    // the file read just after it.
+    assert!(
+        reported <= truth + 0.001 && truth - reported < 1.5,
+        "reported {reported} s of cpu pressure, the cgroup shows {truth} s"
+    );
+    drop(one);
+    drop(two);
+    // Nothing runs in the cgroup any more: the total stops, and the daemon's figure
+    // reaches it (the stall ended with the threads' last runs and exits).
+    let caught_up = task_info_when(&daemon, &alloc, "busy", |t| {
+        listed(t).is_some_and(|s| (file() - s).abs() < 0.001)
+    });
+    assert!(
+        caught_up.is_some(),
+        "after the threads stopped the daemon shows {:?} s, the cgroup {} s",
+        task_info(&daemon, &alloc, "busy").and_then(|t| listed(&t)),
+        file()
+    );
 }
 
 #[test]

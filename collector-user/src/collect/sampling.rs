@@ -216,8 +216,9 @@ fn read_process_memory(procs: &mut ProcReader, pid: u32) -> Option<sample::Proce
 /// Reads the task's cgroup memory, throttling, pressure and OOM kills; the counters the
 /// task iterator read in the kernel (`kernel`) stand in for the single-value control
 /// files (see [`crate::cgroup::TaskCgroups::read_memory`]), and while they stand still
-/// `memory.stat` and `memory.events` are not read again (see [`super::steady`]; tasks
-/// take turns by `cycle` to read them anyway). `Err(true)`: the cgroup is gone;
+/// `memory.stat` and `memory.events` are not read again, nor the pressure files while
+/// the task's kernel-counted CPU, wait and processes stand still (see [`super::steady`];
+/// tasks take turns by `cycle` to read them anyway). `Err(true)`: the cgroup is gone;
 /// `Err(false)`: a read failed (logged; the previous figures stay).
 pub(super) fn refresh_cgroup_figures(
     task: &mut TaskEntry,
@@ -229,6 +230,8 @@ pub(super) fn refresh_cgroup_figures(
     let kernel_throttling = kernel.and_then(|k| k.throttling.as_ref());
     let refresh = task.turn(cycle, REFRESH_CYCLES);
     let steady = task.steady_memory.observe(kernel_memory, refresh);
+    let counted = task.kernel_counters().copied();
+    let steady_pressure = task.steady_pressure.holds(counted.as_ref(), refresh);
     let Some(cgroups) = task.cgroups() else {
         return Ok(());
     };
@@ -243,7 +246,11 @@ pub(super) fn refresh_cgroup_figures(
         ),
     };
     let throttling = cgroups.read_throttling(kernel_throttling, &task.throttling);
-    let pressure = cgroups.read_pressure();
+    let pressure = if steady_pressure {
+        Ok(task.pressure)
+    } else {
+        cgroups.read_pressure()
+    };
     let result = match (memory, throttling, pressure, oom_kills) {
         (Ok(memory), Ok(throttling), Ok(pressure), Ok(oom_kills)) => {
             task.memory = Some(memory);
@@ -262,6 +269,7 @@ pub(super) fn refresh_cgroup_figures(
         }
     };
     task.steady_memory.forget();
+    task.steady_pressure.forget();
     result
 }
 

@@ -18,8 +18,17 @@
 //!
 //! v2's OOM kills (`memory.events`) follow the same rule exactly: a kill in the cgroup
 //! moves the hierarchical counter the kernel reads.
+//!
+//! cgroup v2's pressure files (`cpu.pressure`, `memory.pressure`, `io.pressure`: three
+//! reads a task a cycle, each summing every CPU's stall times in the kernel) follow
+//! [`SteadyPressure`]: their totals grow only while a thread of the cgroup is stalled,
+//! waiting for a CPU, for memory or for I/O, and a stalled thread moves the task's
+//! kernel-counted CPU, run-queue wait or process counts when it runs again. While those
+//! stand still, the totals read last are carried over; the same [`REFRESH_CYCLES`] turn
+//! bounds how late a stall that has not ended yet (a thread blocked on slow I/O) shows.
+//! The totals are cumulative, so a late read loses nothing.
 
-use crate::cgroup::KernelMemoryCounters;
+use crate::{cgroup::KernelMemoryCounters, sample::KernelCounters};
 
 /// Reads of `memory.stat` after the counters last moved.
 pub const SETTLE_READS: u32 = 3;
@@ -52,6 +61,31 @@ impl SteadyMemory {
     }
 
     /// The read that followed failed: the next one starts afresh.
+    pub fn forget(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// One task's kernel counters as of its last pressure read.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SteadyPressure {
+    seen: Option<KernelCounters>,
+}
+
+impl SteadyPressure {
+    /// Whether the pressure totals read last still hold: the task's kernel counters
+    /// (`None`: the kernel did not count it this cycle) are those of the last read, and
+    /// it is not the task's refresh turn. When not, the caller reads the files and the
+    /// counters are recorded as those of that read.
+    pub fn holds(&mut self, counters: Option<&KernelCounters>, refresh: bool) -> bool {
+        let holds = counters.is_some() && self.seen.as_ref() == counters && !refresh;
+        if !holds {
+            self.seen = counters.copied();
+        }
+        holds
+    }
+
+    /// The read that followed failed: the next cycle reads again.
     pub fn forget(&mut self) {
         *self = Self::default();
     }
@@ -123,5 +157,55 @@ mod tests {
         }
         m.forget();
         assert!(!m.observe(Some(&c), false));
+    }
+
+    fn kernel(run_ns: u64, wait_ns: u64) -> KernelCounters {
+        let mut k = KernelCounters {
+            wait_ns,
+            ..KernelCounters::default()
+        };
+        k.cpu.run_ns = run_ns;
+        k
+    }
+
+    #[test]
+    fn pressure_is_read_again_once_anything_the_kernel_counts_moved() {
+        let mut p = SteadyPressure::default();
+        let idle = kernel(1_000, 10);
+        assert!(!p.holds(Some(&idle), false), "never read: read");
+        assert!(p.holds(Some(&idle), false), "nothing ran: carried");
+        assert!(p.holds(Some(&idle), false));
+        let ran = kernel(2_000, 10);
+        assert!(!p.holds(Some(&ran), false), "a thread ran");
+        assert!(p.holds(Some(&ran), false));
+        let waited = kernel(2_000, 20);
+        assert!(!p.holds(Some(&waited), false), "a thread waited for a CPU");
+        let exited = KernelCounters {
+            processes_exited: 1,
+            ..waited
+        };
+        assert!(!p.holds(Some(&exited), false), "a process exited");
+        assert!(p.holds(Some(&exited), false));
+    }
+
+    #[test]
+    fn pressure_is_read_at_the_turn_without_counters_and_after_a_failure() {
+        let mut p = SteadyPressure::default();
+        let idle = kernel(1_000, 10);
+        p.holds(Some(&idle), false);
+        assert!(!p.holds(Some(&idle), true), "the task's refresh turn");
+        assert!(
+            p.holds(Some(&idle), false),
+            "the turn's read is the last one"
+        );
+        assert!(
+            !p.holds(None, false),
+            "not counted by the kernel: always read"
+        );
+        assert!(!p.holds(None, false));
+        assert!(!p.holds(Some(&idle), false), "counted again: read once");
+        assert!(p.holds(Some(&idle), false));
+        p.forget();
+        assert!(!p.holds(Some(&idle), false), "the last read failed");
     }
 }

@@ -15,7 +15,7 @@ use super::{
     assemble::{PidFigures, TaskFigures},
     ebpf::Tracking,
     rates::{CounterTrack, CpuRates},
-    steady::SteadyMemory,
+    steady::{SteadyMemory, SteadyPressure},
 };
 use crate::{
     cgroup::{
@@ -77,6 +77,9 @@ pub struct TaskEntry {
     pub oom_kills: Option<u64>,
     /// Whether the memory cgroup's counters stood still: `memory.stat` is then not read.
     pub steady_memory: SteadyMemory,
+    /// Whether the task's kernel counters stood still since `pressure` was read: the
+    /// pressure files are then not read.
+    pub steady_pressure: SteadyPressure,
     /// What the kernel counted for the task (eBPF source), and the run-queue wait over
     /// the last interval as a share of wall time.
     kernel_counters: Option<KernelCounters>,
@@ -129,6 +132,7 @@ impl TaskEntry {
             pressure: None,
             oom_kills: None,
             steady_memory: SteadyMemory::default(),
+            steady_pressure: SteadyPressure::default(),
             kernel_counters: None,
             wait_share: None,
             wait_prev: None,
@@ -149,6 +153,11 @@ impl TaskEntry {
         };
         self.wait_prev = Some((counters.wait_ns, at));
         self.kernel_counters = Some(counters);
+    }
+
+    /// What the kernel counted for the task this cycle (`None`: measured from /proc).
+    pub fn kernel_counters(&self) -> Option<&KernelCounters> {
+        self.kernel_counters.as_ref()
     }
 
     /// The task is measured from /proc this cycle: nothing kernel-counted to show.

@@ -41,6 +41,12 @@ pub const VM_TESTS: &[(&str, &str)] = &[
         "signals",
         "a_task_killed_for_exceeding_its_memory_limit_counts_one_oom_kill",
     ),
+    // Pressure totals, read only when the task's kernel counters moved (or at its
+    // turn), follow the cgroup's `cpu.pressure` on pure v2.
+    (
+        "signals",
+        "cpu_pressure_follows_the_cgroup_while_busy_and_after_its_threads_stop",
+    ),
     // The full profile (issue 13): the task iterator's pass against the kernel's own
     // counters, every process listed within an interval of its start and gone within
     // one of its exit, RSS equal to statm, rates from the first request on.
