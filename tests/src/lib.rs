@@ -187,6 +187,9 @@ pub enum Nomad {
     Current,
     /// 1.3–1.6 on cgroup v2: `nomad.slice/<alloc>.<task>.scope`.
     LegacyV2,
+    /// 1.7+'s cgroup v2 layout (`nomad.slice/share.slice/<alloc>.<task>.scope`) on the
+    /// cgroup2 mount, also on a hybrid host: for what only cgroup v2 has.
+    CurrentV2,
 }
 
 /// The v1 controllers Nomad gives a task and the tests read.
@@ -307,14 +310,15 @@ impl Cgroup {
         Self::nomad(Nomad::Current, alloc, task)
     }
 
-    /// A task cgroup in the given Nomad layout. [`Nomad::LegacyV2`] is a cgroup2 layout
-    /// and is made on the cgroup2 mount whatever else is mounted.
+    /// A task cgroup in the given Nomad layout. [`Nomad::LegacyV2`] and
+    /// [`Nomad::CurrentV2`] are cgroup2 layouts, made on the cgroup2 mount whatever else
+    /// is mounted.
     pub fn nomad(layout: Nomad, alloc: &str, task: &str) -> Cgroup {
         match layout {
             Nomad::Current if !mounts().pure_v2() => {
                 Self::create(NOMAD_V1, &format!("nomad/{alloc}.{task}"))
             }
-            Nomad::Current => Self::create(
+            Nomad::Current | Nomad::CurrentV2 => Self::create(
                 &["unified"],
                 &format!("nomad.slice/share.slice/{alloc}.{task}.scope"),
             ),

@@ -312,10 +312,7 @@ fn cgroup2_membership_is_attributed_by_cgroup2_id() {
         return;
     }
     let alloc = uuid();
-    let cgroup = Cgroup::create(
-        &["unified"],
-        &format!("nomad.slice/share.slice/{alloc}.web.scope"),
-    );
+    let cgroup = Cgroup::nomad(Nomad::CurrentV2, &alloc, "web");
     let legacy_alloc = uuid();
     let legacy = Cgroup::nomad(Nomad::LegacyV2, &legacy_alloc, "api");
     let sleeper = legacy.spawn(burner!().args(["sleep", "60"]));

@@ -3,7 +3,7 @@
 
 use std::{process::Command, thread, time::Duration};
 
-use integration_tests::{burner, eventually, favoured, privileged, uuid, Cgroup, Daemon};
+use integration_tests::{burner, eventually, favoured, privileged, uuid, Cgroup, Daemon, Nomad};
 use serde_json::Value;
 
 fn daemon() -> Daemon {
@@ -110,10 +110,7 @@ fn cpu_pressure_follows_the_cgroup_while_busy_and_after_its_threads_stop() {
         return;
     }
     let alloc = uuid();
-    let task = Cgroup::create(
-        &["unified"],
-        &format!("nomad.slice/share.slice/{alloc}.busy.scope"),
-    );
+    let task = Cgroup::nomad(Nomad::CurrentV2, &alloc, "busy");
     let daemon = daemon();
     eventually(Duration::from_secs(15), || {
         task_info(&daemon, &alloc, "busy")
