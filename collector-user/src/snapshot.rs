@@ -86,7 +86,7 @@ pub enum AllocOrigin {
     /// Found in cgroupfs in one of Nomad's layouts.
     Nomad {
         #[serde(rename = "Layout")]
-        layout: String,
+        layout: &'static str,
     },
     /// Declared in the configuration file.
     Config,
@@ -95,7 +95,9 @@ pub enum AllocOrigin {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct TaskInfo {
-    pub name: String,
+    /// Shared with the collector's record of the task, as are the allocation's ID and
+    /// origin: a snapshot of a thousand allocations copies no strings.
+    pub name: Arc<str>,
     /// The task's cgroup directories (one per hierarchy it was found in); shared with
     /// the collector's own record of the task rather than copied each cycle.
     pub cgroups: Arc<[PathBuf]>,
@@ -168,7 +170,7 @@ pub struct PressureSeconds {
 #[serde(rename_all = "PascalCase")]
 pub struct AllocInfo {
     #[serde(rename = "ID")]
-    pub id: String,
+    pub id: Arc<str>,
     pub origin: AllocOrigin,
     pub job: Option<String>,
     pub namespace: Option<String>,
@@ -270,7 +272,7 @@ impl AllocEntry {
 pub struct Snapshot {
     /// Unix time in ns when the cycle finished.
     pub taken_at_unix_ns: i64,
-    pub allocations: HashMap<String, Arc<AllocEntry>>,
+    pub allocations: HashMap<Arc<str>, Arc<AllocEntry>>,
     pub host: HostStats,
     pub health: Health,
     /// Bodies built on first use from this snapshot (see [`Snapshot::memo`]).

@@ -145,17 +145,15 @@ pub fn fixture_snapshot() -> Snapshot {
         usage(2.0, 1_000_000, &[(300, 2.0, 1_000_000)]),
     );
     let info = AllocInfo {
-        id: ALLOC.to_owned(),
-        origin: AllocOrigin::Nomad {
-            layout: "v2-1.7".to_owned(),
-        },
+        id: ALLOC.into(),
+        origin: AllocOrigin::Nomad { layout: "v2-1.7" },
         job: Some("web".to_owned()),
         namespace: Some("default".to_owned()),
         task_group: Some("front\"end".to_owned()),
         tasks: ["redis", "web.frontend"]
             .into_iter()
             .map(|name| TaskInfo {
-                name: name.to_owned(),
+                name: name.into(),
                 cgroups: vec![PathBuf::from(format!(
                     "/sys/fs/cgroup/nomad.slice/share.slice/{ALLOC}.{name}.scope"
                 ))]
@@ -169,13 +167,13 @@ pub fn fixture_snapshot() -> Snapshot {
     let mut tasks2 = BTreeMap::new();
     tasks2.insert("batch".to_owned(), usage(50.0, 2048, &[(42, 50.0, 2048)]));
     let info2 = AllocInfo {
-        id: ALLOC2.to_owned(),
+        id: ALLOC2.into(),
         origin: AllocOrigin::Config,
         job: None,
         namespace: None,
         task_group: None,
         tasks: vec![TaskInfo {
-            name: "batch".to_owned(),
+            name: "batch".into(),
             cgroups: Vec::new().into(),
             pids: vec![42],
             cpu_total_ns: 0,
@@ -183,8 +181,8 @@ pub fn fixture_snapshot() -> Snapshot {
         }],
     };
     let mut allocations = HashMap::new();
-    allocations.insert(ALLOC.to_owned(), Arc::new(AllocEntry::new(info, tasks)));
-    allocations.insert(ALLOC2.to_owned(), Arc::new(AllocEntry::new(info2, tasks2)));
+    allocations.insert(ALLOC.into(), Arc::new(AllocEntry::new(info, tasks)));
+    allocations.insert(ALLOC2.into(), Arc::new(AllocEntry::new(info2, tasks2)));
     let mut snapshot = Snapshot {
         taken_at_unix_ns: 1_795_608_000_000_000_000,
         allocations,

@@ -38,7 +38,7 @@ pub fn agent_health() -> Response {
 /// interval), so the first request is answered like any other.
 pub fn alloc_stats(id: String, params: Params, state: ApiState) -> Response {
     let snapshot = state.store.load();
-    match snapshot.allocations.get(&id) {
+    match snapshot.allocations.get(id.as_str()) {
         Some(entry) => json(entry.stats_json(params.task.as_deref(), params.pretty)),
         None => ApiError::unknown_allocation(&id).to_response(),
     }

@@ -48,6 +48,16 @@ pub enum NomadLayout {
 }
 
 impl NomadLayout {
+    /// The layout's name, as logged and served.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NomadLayout::V1 => "Nomad 1.7+ cgroup v1",
+            NomadLayout::V1Legacy => "Nomad 1.3-1.6 cgroup v1",
+            NomadLayout::V2 => "Nomad 1.7+ cgroup v2",
+            NomadLayout::V2Legacy => "Nomad 1.3-1.6 cgroup v2",
+        }
+    }
+
     /// Which layout describes a task found in several: v1 first, since Nomad on a hybrid
     /// host puts tasks in v1, and the current generation before the legacy one.
     fn rank(self) -> u8 {
@@ -62,12 +72,7 @@ impl NomadLayout {
 
 impl fmt::Display for NomadLayout {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            NomadLayout::V1 => "Nomad 1.7+ cgroup v1",
-            NomadLayout::V1Legacy => "Nomad 1.3-1.6 cgroup v1",
-            NomadLayout::V2 => "Nomad 1.7+ cgroup v2",
-            NomadLayout::V2Legacy => "Nomad 1.3-1.6 cgroup v2",
-        })
+        f.write_str(self.as_str())
     }
 }
 

@@ -12,8 +12,8 @@ use tracing::{debug, warn};
 use super::{
     clock::{monotonic_ns, thread_cpu_time, unix_ns},
     rates::total_ticks,
-    sampling::{pid_figures, refresh_cgroup_figures, task_cpu, Sources, Vanished},
-    tasks::{Members, TaskEntry, TaskKey},
+    sampling::{refresh_cgroup_figures, task_cpu, Sources, Vanished},
+    tasks::{Members, TaskEntry},
     Collector,
 };
 use crate::snapshot::{AllocEntry, AllocInfo, Health, Snapshot, TaskInfo};
@@ -128,12 +128,7 @@ impl Collector {
                 }
                 Err(false) => errors += 1,
             }
-            task.set_figures(
-                cpu.rates,
-                cpu.total_ns,
-                pid_figures(&cpu.processes),
-                timestamp,
-            );
+            task.set_figures(cpu.rates, cpu.total_ns, cpu.pids, timestamp);
         }
         for key in vanished {
             debug!(alloc_id = %key.0, task = %key.1, "task cgroup vanished during the cycle");
@@ -162,26 +157,24 @@ impl Collector {
     }
 
     /// Every allocation's snapshot entry.
-    fn allocation_entries(&self) -> HashMap<String, Arc<AllocEntry>> {
+    fn allocation_entries(&self) -> HashMap<Arc<str>, Arc<AllocEntry>> {
         let mut out = HashMap::new();
-        let mut tasks = self.tasks.tasks.iter().peekable();
-        while let Some(((alloc_id, _), _)) = tasks.peek() {
-            let alloc_id = alloc_id.clone();
-            let group: Vec<(&TaskKey, &TaskEntry)> =
-                std::iter::from_fn(|| tasks.next_if(|((a, _), _)| *a == alloc_id)).collect();
-            if let Some(entry) = self.entry_of(&alloc_id, group) {
-                out.insert(alloc_id, Arc::new(entry));
+        // The tasks are ordered by (allocation, task): each allocation's are a run.
+        let tasks: Vec<&TaskEntry> = self.tasks.tasks.values().collect();
+        for group in tasks.chunk_by(|a, b| a.alloc_id == b.alloc_id) {
+            if let Some(entry) = self.entry_of(group) {
+                out.insert(Arc::clone(&group[0].alloc_id), Arc::new(entry));
             }
         }
         out
     }
 
-    /// The entry of allocation `alloc_id` made of `tasks` (all its tasks). Nomad's types
-    /// are built from the tasks' figures only when something reads them.
-    fn entry_of(&self, alloc_id: &str, tasks: Vec<(&TaskKey, &TaskEntry)>) -> Option<AllocEntry> {
-        let (_, first) = tasks.first()?;
+    /// The entry of the allocation made of `tasks` (all its tasks, at least one). Nomad's
+    /// types are built from the tasks' figures only when something reads them.
+    fn entry_of(&self, tasks: &[&TaskEntry]) -> Option<AllocEntry> {
+        let first = tasks.first()?;
         let mut info = AllocInfo {
-            id: alloc_id.to_owned(),
+            id: Arc::clone(&first.alloc_id),
             origin: first.origin.clone(),
             job: first.meta.job.clone(),
             namespace: first.meta.namespace.clone(),
@@ -193,12 +186,12 @@ impl Collector {
             .ebpf
             .as_ref()
             .is_some_and(|e| e.features().cpu_wait.enabled);
-        for ((_, name), task) in tasks {
+        for task in tasks {
             let Some(f) = &task.figures else {
                 continue;
             };
             info.tasks.push(TaskInfo {
-                name: name.clone(),
+                name: Arc::clone(&task.name),
                 cgroups: task.cgroup_paths.clone(),
                 pids: match &task.members {
                     Members::Pids(p) => p.clone(),
@@ -207,7 +200,7 @@ impl Collector {
                 cpu_total_ns: task.cpu_total_ns,
                 extra: task.extra_figures(wait_measured),
             });
-            figures.push((name.clone(), Arc::clone(f)));
+            figures.push((Arc::clone(&task.name), Arc::clone(f)));
         }
         if figures.is_empty() {
             return None;
@@ -216,7 +209,7 @@ impl Collector {
         Some(AllocEntry::lazy(info, move |with_pids| {
             figures
                 .iter()
-                .map(|(name, f)| (name.clone(), f.usage(ticks_per_percent, with_pids)))
+                .map(|(name, f)| (name.to_string(), f.usage(ticks_per_percent, with_pids)))
                 .collect()
         }))
     }

@@ -20,10 +20,16 @@ use crate::{
     sample::{self, KernelCounters, ProcessSample},
 };
 
-/// A buffer reused from cycle to cycle, and what was sampled.
+/// Buffers reused from task to task and cycle to cycle (at ten thousand processes the
+/// per-task vectors they replace were a thousand allocations a cycle each), and what was
+/// sampled.
 #[derive(Default)]
 pub(super) struct Scratch {
     pids: Vec<u32>,
+    /// The processes of the task being sampled, by PID. (The tasks' own readings are
+    /// not passed around this way: a buffer swapped from task to task would carry the
+    /// capacity of the largest task to every other.)
+    samples: Vec<ProcessSample>,
     /// Processes sampled in the current cycle.
     pub(super) sampled: u64,
 }
@@ -42,15 +48,11 @@ impl Sources<'_> {
     /// Samples every process of the task. A task whose cgroups the kernel tracks
     /// (`tracked`) takes them from this cycle's task-iterator pass; any other lists them
     /// from its cgroups (descendants included) or the configuration and reads each from
-    /// /proc. Processes that exit meanwhile are skipped.
-    fn processes_of(
-        &mut self,
-        task: &TaskEntry,
-        tracked: bool,
-    ) -> Result<Vec<ProcessSample>, Vanished> {
-        // The task keeps what is returned (its rates take it by value): built here, not
-        // copied out of a buffer.
-        let mut samples = Vec::new();
+    /// /proc. Processes that exit meanwhile are skipped. The samples, sorted by PID, are
+    /// left in `scratch.samples`.
+    fn processes_of(&mut self, task: &TaskEntry, tracked: bool) -> Result<(), Vanished> {
+        let samples = &mut self.scratch.samples;
+        samples.clear();
         match self
             .ebpf
             .as_deref()
@@ -61,7 +63,7 @@ impl Sources<'_> {
                     samples.extend_from_slice(ebpf.processes_in(id));
                 }
                 if task.attribution.len() > 1 {
-                    merge_same_processes(&mut samples);
+                    merge_same_processes(samples);
                 }
                 if !ebpf.reads_process_memory() {
                     // A kernel whose mm_struct layout is unknown: memory from /proc.
@@ -94,7 +96,7 @@ impl Sources<'_> {
             }
         }
         self.scratch.sampled += samples.len() as u64;
-        Ok(samples)
+        Ok(())
     }
 }
 
@@ -119,8 +121,8 @@ pub(super) struct TaskCpu {
     pub(super) rates: CpuRates,
     /// Cumulative CPU ns (see `TaskInfo::cpu_total_ns`).
     pub(super) total_ns: u64,
-    /// Per-process figures.
-    pub(super) processes: Vec<(ProcessSample, CpuRates)>,
+    /// Per-process figures, by PID.
+    pub(super) pids: Vec<PidFigures>,
 }
 
 /// One task's CPU and processes this cycle.
@@ -142,19 +144,19 @@ pub(super) fn task_cpu(
         // kernel's starts from a first sample.
         task.cpu = CounterTrack::default();
         task.clear_kernel_counters();
-        let processes = sources.processes_of(task, false)?;
-        let total_ns = processes.iter().map(|p| p.cpu.run_ns).sum();
-        let processes = pid_rates(task, processes, at);
+        sources.processes_of(task, false)?;
+        let total_ns = sources.scratch.samples.iter().map(|p| p.cpu.run_ns).sum();
+        let pids = sources.scratch.pid_rates(task, at);
         let mut rates = CpuRates::default();
-        for (_, r) in &processes {
-            rates.percent += r.percent;
-            rates.user_mode += r.user_mode;
-            rates.system_mode += r.system_mode;
+        for p in &pids {
+            rates.percent += p.rates.percent;
+            rates.user_mode += p.rates.user_mode;
+            rates.system_mode += p.rates.system_mode;
         }
         return Ok(TaskCpu {
             rates,
             total_ns,
-            processes,
+            pids,
         });
     };
     let mut counters = KernelCounters::default();
@@ -167,41 +169,45 @@ pub(super) fn task_cpu(
     let identity = task.identity();
     let rates = task.cpu.update(identity, cumulative, at);
     task.set_kernel_counters(counters, at);
-    let processes = sources.processes_of(task, true)?;
-    let processes = pid_rates(task, processes, at);
+    sources.processes_of(task, true)?;
+    let pids = sources.scratch.pid_rates(task, at);
     Ok(TaskCpu {
         rates,
         total_ns: cumulative.run_ns,
-        processes,
+        pids,
     })
 }
 
-/// Per-PID rates: each process against its previous reading (same PID and start).
-/// `processes` are sorted by PID, as are the task's readings, which they replace: one
-/// merge, no hashing, whatever the number of processes.
-fn pid_rates(
-    task: &mut TaskEntry,
-    processes: Vec<ProcessSample>,
-    at: Instant,
-) -> Vec<(ProcessSample, CpuRates)> {
-    debug_assert!(processes.is_sorted_by_key(|p| p.pid));
-    let mut previous = std::mem::take(&mut task.pids).into_iter().peekable();
-    let mut readings = Vec::with_capacity(processes.len());
-    let rated = processes
-        .into_iter()
-        .map(|p| {
-            while previous.next_if(|(pid, _)| *pid < p.pid).is_some() {}
-            let mut track = previous
-                .next_if(|(pid, _)| *pid == p.pid)
-                .map(|(_, track)| track)
-                .unwrap_or_default();
-            let rates = track.update(p.start, p.cpu, at);
-            readings.push((p.pid, track));
-            (p, rates)
-        })
-        .collect();
-    task.pids = readings;
-    rated
+impl Scratch {
+    /// Per-PID figures of the task's `samples`: each process's rates against its
+    /// previous reading (same PID and start). The samples are sorted by PID, as are the
+    /// task's readings, which they replace: one merge, no hashing, whatever the number
+    /// of processes.
+    fn pid_rates(&self, task: &mut TaskEntry, at: Instant) -> Vec<PidFigures> {
+        debug_assert!(self.samples.is_sorted_by_key(|p| p.pid));
+        let mut readings = Vec::with_capacity(self.samples.len());
+        let mut previous = std::mem::take(&mut task.pids).into_iter().peekable();
+        let figures = self
+            .samples
+            .iter()
+            .map(|p| {
+                while previous.next_if(|(pid, _)| *pid < p.pid).is_some() {}
+                let mut track = previous
+                    .next_if(|(pid, _)| *pid == p.pid)
+                    .map(|(_, track)| track)
+                    .unwrap_or_default();
+                let rates = track.update(p.start, p.cpu, at);
+                readings.push((p.pid, track));
+                PidFigures {
+                    pid: p.pid,
+                    rates,
+                    memory: p.memory,
+                }
+            })
+            .collect();
+        task.pids = readings;
+        figures
+    }
 }
 
 fn read_process_memory(procs: &mut ProcReader, pid: u32) -> Option<sample::ProcessMemory> {
@@ -271,16 +277,4 @@ pub(super) fn refresh_cgroup_figures(
     task.steady_memory.forget();
     task.steady_pressure.forget();
     result
-}
-
-/// The per-process part of [`TaskFigures`].
-pub(super) fn pid_figures(processes: &[(ProcessSample, CpuRates)]) -> Vec<PidFigures> {
-    processes
-        .iter()
-        .map(|(p, rates)| PidFigures {
-            pid: p.pid,
-            rates: *rates,
-            memory: p.memory,
-        })
-        .collect()
 }

@@ -50,6 +50,9 @@ pub enum Members {
 
 /// A task and what the collector remembers about it between cycles.
 pub struct TaskEntry {
+    /// The task's key, shared with every snapshot it appears in.
+    pub alloc_id: Arc<str>,
+    pub name: Arc<str>,
     pub origin: AllocOrigin,
     pub meta: Arc<AllocMeta>,
     pub members: Members,
@@ -107,6 +110,7 @@ const DESCENDANT_RESCAN_CYCLES: u64 = 30;
 
 impl TaskEntry {
     fn new(
+        (alloc_id, name): &TaskKey,
         origin: AllocOrigin,
         meta: Arc<AllocMeta>,
         members: Members,
@@ -115,6 +119,8 @@ impl TaskEntry {
         since_ns: u64,
     ) -> Self {
         Self {
+            alloc_id: Arc::from(alloc_id.as_str()),
+            name: Arc::from(name.as_str()),
             origin,
             meta,
             members,
@@ -327,8 +333,9 @@ impl TaskSet {
                         "task found"
                     );
                     let entry = TaskEntry::new(
+                        &key,
                         AllocOrigin::Nomad {
-                            layout: found.layout.to_string(),
+                            layout: found.layout.as_str(),
                         },
                         Arc::default(),
                         Members::Cgroups(cgroups.clone()),
@@ -409,6 +416,7 @@ impl TaskSet {
                     self.tasks.insert(
                         key.clone(),
                         TaskEntry::new(
+                            &key,
                             AllocOrigin::Config,
                             Arc::clone(&meta),
                             members,
@@ -533,6 +541,7 @@ mod tests {
 
     fn task_with_inodes(inodes: Vec<u64>) -> TaskEntry {
         TaskEntry::new(
+            &("alloc".to_owned(), "task".to_owned()),
             AllocOrigin::Config,
             Arc::default(),
             Members::Pids(Vec::new()),

@@ -153,7 +153,7 @@ fn a_pure_v2_host_with_both_nomad_layouts() {
 
     let mut collector = Collector::new(&config(root.path())).unwrap();
     let snapshot = collector.cycle();
-    let mut ids: Vec<&String> = snapshot.allocations.keys().collect();
+    let mut ids: Vec<&str> = snapshot.allocations.keys().map(|id| &**id).collect();
     ids.sort();
     assert_eq!(ids, vec![other, ALLOC]);
     let body = snapshot.allocations[ALLOC].stats_json(None, false);
@@ -186,7 +186,7 @@ fn a_pure_v2_host_with_both_nomad_layouts() {
         (Some(2), Some(7000))
     );
     let info = &snapshot.allocations[other].info;
-    assert_eq!(info.tasks[0].name, "db");
+    assert_eq!(&*info.tasks[0].name, "db");
 }
 
 #[test]

@@ -75,6 +75,12 @@ pub fn iter_create(link: BorrowedFd<'_>) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd as i32) })
 }
 
+thread_local! {
+    /// [`lookup_array_prefix`]'s key buffer: the collector reads the counters every
+    /// cycle, from one thread.
+    static ARRAY_KEYS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Reads elements `0..count` of an array map with one `BPF_MAP_LOOKUP_BATCH` (arrays
 /// walk their keys in order, so the first `count` keys are exactly `0..count`). The
 /// kernel writes raw bytes into the values: `V: aya::Pod` says any bytes are a `V`.
@@ -88,16 +94,20 @@ pub fn lookup_array_prefix<V: aya::Pod + Default>(
         return Ok(());
     }
     out.resize(count as usize, V::default());
-    let mut keys = vec![0u32; count as usize];
-    let mut out_batch: u32 = 0;
-    let mut attr = Attr::new();
-    attr.put_u64(8, &raw mut out_batch as u64); // batch.out_batch
-    attr.put_u64(16, keys.as_mut_ptr() as u64); // batch.keys
-    attr.put_u64(24, out.as_mut_ptr() as u64); // batch.values
-    attr.put_u32(32, count); // batch.count
-    attr.put_u32(36, map.as_raw_fd() as u32); // batch.map_fd
-    let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-    let got = attr.u32_at(32) as usize;
+    let result = ARRAY_KEYS.with_borrow_mut(|keys| {
+        // The keys the kernel writes back (0..count), kept for the next cycle's read.
+        keys.resize(count as usize, 0);
+        let mut out_batch: u32 = 0;
+        let mut attr = Attr::new();
+        attr.put_u64(8, &raw mut out_batch as u64); // batch.out_batch
+        attr.put_u64(16, keys.as_mut_ptr() as u64); // batch.keys
+        attr.put_u64(24, out.as_mut_ptr() as u64); // batch.values
+        attr.put_u32(32, count); // batch.count
+        attr.put_u32(36, map.as_raw_fd() as u32); // batch.map_fd
+        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        (result, attr.u32_at(32) as usize)
+    });
+    let (result, got) = result;
     match result {
         Ok(_) => {}
         // ENOENT: the array ended before `count` (a caller asking past max_entries).

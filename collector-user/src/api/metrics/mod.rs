@@ -139,7 +139,7 @@ impl TaskRows {
                     let figures = TaskFigures {
                         cpu: &usage.resource_usage.cpu_stats,
                         memory: &usage.resource_usage.memory_stats,
-                        info: info.tasks.iter().find(|t| &t.name == task),
+                        info: info.tasks.iter().find(|t| *t.name == **task),
                     };
                     rows.push(Row {
                         alloc: index,
@@ -186,7 +186,7 @@ impl TaskRows {
             let present = optional
                 .into_iter()
                 .filter_map(|(key, value)| Some((key, value.as_deref()?)));
-            for label in [("alloc_id", info.id.as_str()), ("task", row.task.as_str())]
+            for label in [("alloc_id", &*info.id), ("task", row.task.as_str())]
                 .into_iter()
                 .chain(present)
                 .chain([("host", host)])

@@ -145,16 +145,14 @@ fn snapshot() -> Snapshot {
         ),
     );
     let info = AllocInfo {
-        id: ALLOC.to_owned(),
-        origin: AllocOrigin::Nomad {
-            layout: "v2-1.7".to_owned(),
-        },
+        id: ALLOC.into(),
+        origin: AllocOrigin::Nomad { layout: "v2-1.7" },
         job: Some("web".to_owned()),
         namespace: Some("default".to_owned()),
         task_group: Some("front\"end".to_owned()),
         tasks: vec![
             TaskInfo {
-                name: "redis".to_owned(),
+                name: "redis".into(),
                 cgroups: vec![PathBuf::from(format!(
                     "/sys/fs/cgroup/nomad.slice/share.slice/{ALLOC}.redis.scope"
                 ))]
@@ -164,7 +162,7 @@ fn snapshot() -> Snapshot {
                 extra: every_extra(),
             },
             TaskInfo {
-                name: "web.frontend".to_owned(),
+                name: "web.frontend".into(),
                 cgroups: vec![PathBuf::from(format!(
                     "/sys/fs/cgroup/nomad.slice/share.slice/{ALLOC}.web.frontend.scope"
                 ))]
@@ -187,13 +185,13 @@ fn snapshot() -> Snapshot {
         ),
     );
     let info2 = AllocInfo {
-        id: ALLOC2.to_owned(),
+        id: ALLOC2.into(),
         origin: AllocOrigin::Config,
         job: None,
         namespace: None,
         task_group: None,
         tasks: vec![TaskInfo {
-            name: "batch".to_owned(),
+            name: "batch".into(),
             cgroups: Vec::new().into(),
             pids: vec![42],
             cpu_total_ns: 0,
@@ -201,8 +199,8 @@ fn snapshot() -> Snapshot {
         }],
     };
     let mut allocations = HashMap::new();
-    allocations.insert(ALLOC.to_owned(), Arc::new(AllocEntry::new(info, tasks)));
-    allocations.insert(ALLOC2.to_owned(), Arc::new(AllocEntry::new(info2, tasks2)));
+    allocations.insert(ALLOC.into(), Arc::new(AllocEntry::new(info, tasks)));
+    allocations.insert(ALLOC2.into(), Arc::new(AllocEntry::new(info2, tasks2)));
     Snapshot {
         taken_at_unix_ns: TS,
         allocations,
