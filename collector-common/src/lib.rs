@@ -312,6 +312,28 @@ pub mod stat {
     pub const COUNT: u32 = 5;
 }
 
+/// Kernel functions (kfuncs) the programs may call. aya 0.14 cannot emit a kfunc call
+/// (aya-rs/aya#432), so a program calls one as if it were a helper with a placeholder id
+/// from this table, and the daemon rewrites each such call into a kfunc call to the
+/// function's BTF id in the running kernel before loading the object (see the daemon's
+/// `kernel::kfunc`). A placeholder is far above any helper id the kernel has (about 220
+/// in 6.18), so no real helper call is mistaken for one.
+pub mod kfunc {
+    /// `bpf_iter_css_task_new(it, css, flags)`: starts a walk over a css's tasks (6.7+).
+    pub const ITER_CSS_TASK_NEW: i32 = 0x4b46_0001;
+    /// `bpf_iter_css_task_next(it)`: the walk's next task, or null at its end (6.7+).
+    pub const ITER_CSS_TASK_NEXT: i32 = 0x4b46_0002;
+    /// `bpf_iter_css_task_destroy(it)`: ends the walk (6.7+).
+    pub const ITER_CSS_TASK_DESTROY: i32 = 0x4b46_0003;
+
+    /// Each placeholder with the kernel function it stands for.
+    pub const ALL: [(i32, &str); 3] = [
+        (ITER_CSS_TASK_NEW, "bpf_iter_css_task_new"),
+        (ITER_CSS_TASK_NEXT, "bpf_iter_css_task_next"),
+        (ITER_CSS_TASK_DESTROY, "bpf_iter_css_task_destroy"),
+    ];
+}
+
 // The kernel and the daemon read these as raw bytes: their sizes are part of the ABI
 // between the two builds (and of the pinned maps' shapes).
 const _: () = {

@@ -37,9 +37,9 @@ use super::{
 
 /// The compiled programs, built by build.rs (aya-build): the same programs with each
 /// thread's state in task storage (5.11+) or in a hash map keyed by task (5.10).
-static TASK_STORAGE_PROGRAMS: &[u8] =
+pub(crate) static TASK_STORAGE_PROGRAMS: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collector"));
-static THREAD_HASH_PROGRAMS: &[u8] =
+pub(crate) static THREAD_HASH_PROGRAMS: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/collector-thread-hash"));
 
 const SWITCH_PROGRAM: &str = "sched_switch";

@@ -1,6 +1,6 @@
 //! A minimal reader of the kernel's BTF (`/sys/kernel/btf/vmlinux`): just enough to find
 //! struct member offsets and enum values, which the eBPF programs receive as read-only
-//! globals. aya-obj parses BTF too but keeps its type accessors private.
+//! globals, and the type ids of kernel functions, which their kfunc calls name. aya-obj parses BTF too but keeps its type accessors private.
 //!
 //! Format: <https://docs.kernel.org/bpf/btf.html>.
 
@@ -74,6 +74,9 @@ enum Type {
     Enum {
         values: Vec<(u32, i64)>,
     },
+    Func {
+        name: u32,
+    },
     Other,
 }
 
@@ -144,7 +147,8 @@ impl Btf {
                     off += 4;
                     Type::Other
                 }
-                KIND_PTR | KIND_FWD | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => Type::Other,
+                KIND_FUNC => Type::Func { name },
+                KIND_PTR | KIND_FWD | KIND_FLOAT | KIND_TYPE_TAG => Type::Other,
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT => Type::Alias {
                     target: size_or_type,
                 },
@@ -228,6 +232,14 @@ impl Btf {
             }
         }
         Ok(btf)
+    }
+
+    /// The type id of the kernel function `name` (a `BTF_KIND_FUNC`), if the BTF has it.
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.types.iter().enumerate().find_map(|(id, ty)| match ty {
+            Type::Func { name: n } if self.string(*n).ok() == Some(name) => Some(id as u32),
+            _ => None,
+        })
     }
 
     fn string(&self, off: u32) -> Result<&str, BtfError> {
@@ -359,3 +371,7 @@ impl Btf {
         self.structs.contains_key(name)
     }
 }
+
+#[cfg(test)]
+#[path = "btf_tests.rs"]
+mod tests;

@@ -3,6 +3,7 @@
 pub mod accounting;
 pub mod btf;
 pub mod features;
+pub mod kfunc;
 pub mod layout;
 pub mod pins;
 pub mod sys;
