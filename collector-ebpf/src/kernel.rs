@@ -404,7 +404,7 @@ impl<A: Access> Task<A> {
 
 /// `cgroup->kn->id`: the id cgroupfs shows as the directory's inode number.
 #[inline(always)]
-fn cgroup_id<A: Access>(cgroup: *const u8) -> u64 {
+pub fn cgroup_id<A: Access>(cgroup: *const u8) -> u64 {
     // SAFETY: callers pass a struct cgroup read with access A (a null one reads as 0).
     let kn: *const u8 = unsafe { A::load(cgroup, layout!(cgroup_kn)) };
     // SAFETY: a cgroup's kn is a kernfs_node, read with the same access (null reads 0).

@@ -27,6 +27,7 @@
 #![allow(internal_features)]
 
 mod account;
+mod cgroup_walk;
 mod iter;
 mod kernel;
 mod maps;
@@ -66,5 +67,17 @@ pub fn checkpoint(ctx: RawTracePointContext) -> i32 {
     // SAFETY: the running task, a BTF pointer live while the program runs.
     let current = unsafe { Task::<Direct>::new(task.cast()) };
     account::<Direct, Store, _>(&ctx, current, false);
+    0
+}
+
+/// Cgroup iterator (`iter/cgroup`) over a cgroup hierarchy, read by the daemon once per
+/// interval where the kernel has the css task iterator (6.7+) instead of
+/// `tracked_threads`: the same records, into the `SAMPLES` ring buffer, from a walk over
+/// only the tracked cgroups' threads (see `cgroup_walk`).
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/cgroup")]
+fn tracked_cgroup_threads(ctx: *mut core::ffi::c_void) -> i32 {
+    // SAFETY: the kernel calls an iter/cgroup program with its bpf_iter__cgroup context.
+    unsafe { cgroup_walk::try_tracked_cgroup_threads::<Store>(ctx) };
     0
 }

@@ -150,6 +150,16 @@ impl Mounts {
             .map(|(_, point)| point.as_path())
     }
 
+    /// The mount points a daemon attributing by `v1_controller` and cgroup2 walks.
+    pub fn attribution_roots(&self, v1_controller: Option<&str>) -> Vec<PathBuf> {
+        v1_controller
+            .and_then(|c| self.v1_root(c))
+            .map(Path::to_path_buf)
+            .into_iter()
+            .chain(self.v2.clone())
+            .collect()
+    }
+
     /// Pure cgroup v2: no v1 hierarchy holds the controllers the tests measure with.
     pub fn pure_v2(&self) -> bool {
         ["cpu", "cpuacct", "memory"]

@@ -1,11 +1,12 @@
 //! The eBPF programs on the real kernel: loaded, attached to sched_switch, and counting
 //! exactly (issue: foundation). Uses the library directly, no daemon.
 
-use std::{thread, time::Duration};
+use std::{collections::BTreeSet, thread, time::Duration};
 
 use collector_common::{cgroup_parts, sample_flags, CgroupSample, ThreadSample, TrackedCgroup};
 use collector_user::kernel::{
     Attribution, KernelAccounting, KernelOptions, ThreadStateChoice, ThreadStateStore,
+    CGROUP_WALK_RING_BYTES,
 };
 use integration_tests::{
     burner, ebpf_or_skip, kernel_version, mounts, privileged, schedstat_ns, uuid, Cgroup,
@@ -18,22 +19,33 @@ fn load(test: &str) -> Option<KernelAccounting> {
 /// Loads the programs with threads' state in `store` (the 5.10 build, `Hash`, runs on
 /// every kernel, so the host tests it too).
 fn load_with(test: &str, thread_state: ThreadStateChoice) -> Option<KernelAccounting> {
+    load_with_ring(test, thread_state, CGROUP_WALK_RING_BYTES)
+}
+
+fn load_with_ring(
+    test: &str,
+    thread_state: ThreadStateChoice,
+    cgroup_walk_ring_bytes: u32,
+) -> Option<KernelAccounting> {
     if !privileged(test) {
         return None;
     }
+    // As the daemon's `auto`: by the cpuacct hierarchy where v1 controllers are
+    // mounted, by cgroup2 ids always.
+    let v1_controller = (!mounts().pure_v2()).then(|| "cpuacct".to_owned());
     let kernel = ebpf_or_skip(
         test,
         KernelAccounting::load(&KernelOptions {
-            // As the daemon's `auto`: by the cpuacct hierarchy where v1 controllers are
-            // mounted, by cgroup2 ids always.
+            cgroup_roots: mounts().attribution_roots(v1_controller.as_deref()),
             attribution: Attribution {
-                v1_controller: (!mounts().pure_v2()).then(|| "cpuacct".to_owned()),
+                v1_controller,
                 v2: true,
             },
             max_tracked_cgroups: 1024,
             pin_root: None,
             thread_state,
             max_threads: 65536,
+            cgroup_walk_ring_bytes,
         }),
     )?;
     assert_features_as_expected(&kernel);
@@ -149,6 +161,15 @@ fn assert_features_as_expected(kernel: &KernelAccounting) {
         "cgroup counters in the kernel on {:?}: {:?}",
         kernel_version(),
         features.cgroup_counters.reason
+    );
+    assert_eq!(
+        features.cgroup_walk.enabled,
+        process_iter_expected()
+            && kernel_version() >= (6, 7)
+            && features.thread_state == ThreadStateStore::TaskStorage,
+        "cgroup walk (css task iterator) on kernel {:?}: {:?}",
+        kernel_version(),
+        features.cgroup_walk.reason
     );
     if kernel_version() >= (5, 11) {
         // An explicit `Hash` choice is the only way to get it there.
@@ -677,6 +698,62 @@ fn an_idle_thread_is_reported_again_only_once_it_ran_with_the_thread_hash() {
     if let Some(kernel) = load_with(test, ThreadStateChoice::Only(ThreadStateStore::Hash)) {
         an_idle_thread_is_reported_again_only_once_it_ran_with(kernel);
     }
+}
+
+/// A pass whose records do not fit in the cgroup walk's ring buffer fails (so the
+/// daemon does not take a slot's missing threads for exits), and the next pass walks
+/// every task instead, which reports them all; the pass after that walks the cgroups
+/// again.
+#[test]
+fn a_cgroup_walk_that_overflows_its_ring_is_redone_by_the_task_walk() {
+    let test = "a_cgroup_walk_that_overflows_its_ring_is_redone_by_the_task_walk";
+    // One page: room for 39 records of 96 bytes and their 8-byte headers.
+    let Some(mut kernel) = load_with_ring(test, ThreadStateChoice::Auto, 4096) else {
+        return;
+    };
+    if !kernel.features().cgroup_walk.enabled {
+        assert!(
+            kernel_version() < (6, 7),
+            "the cgroup walk is off where it must be on"
+        );
+        return;
+    }
+    let cgroup = Cgroup::outside_nomad(&format!("collector-test/{}", uuid()));
+    let slot = 1;
+    track(&mut kernel, cgroup.cpu_id(), slot, monotonic_ns());
+    let parent = cgroup.spawn(burner!().args(["fanout", "60", "30"]));
+    let procs = || -> BTreeSet<u32> { cgroup.procs().into_iter().collect() };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while procs().len() < 61 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fanout did not start its 60 children"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let mut pass = |pass: u64| -> Result<BTreeSet<u32>, String> {
+        let mut samples: Vec<ThreadSample> = Vec::new();
+        kernel
+            .sample_tracked_threads(pass, true, &mut samples, &mut Vec::new())
+            .map_err(|e| e.to_string())?;
+        Ok(samples
+            .iter()
+            .filter(|s| s.slot == slot)
+            .map(|s| s.tgid)
+            .collect())
+    };
+    let lost = pass(2001);
+    assert!(
+        lost.as_ref().is_err_and(|e| e.contains("ring buffer")),
+        "61 records do not fit in one page: {lost:?}"
+    );
+    assert_eq!(
+        pass(2002).unwrap(),
+        procs(),
+        "the task walk reports every process"
+    );
+    assert!(pass(2003).is_err(), "the next pass walks the cgroups again");
+    drop(parent);
 }
 
 fn an_idle_thread_is_reported_again_only_once_it_ran_with(mut kernel: KernelAccounting) {

@@ -1,7 +1,7 @@
 //! Setting the collector up: cgroup mounts and discovery, the /proc and host readers,
 //! and the eBPF source (or the fallback to /proc, and why).
 
-use std::collections::HashSet;
+use std::{collections::HashSet, path::PathBuf};
 
 use thiserror::Error;
 use tracing::{error, warn};
@@ -13,7 +13,9 @@ use super::{
 use crate::{
     cgroup::{CgroupMounts, Discovery, NomadParents},
     config::{Config, SourceChoice},
-    kernel::{Attribution, KernelOptions, ThreadStateChoice, ThreadStateStore},
+    kernel::{
+        Attribution, KernelOptions, ThreadStateChoice, ThreadStateStore, CGROUP_WALK_RING_BYTES,
+    },
     procfs::{HostReader, ProcReader},
     snapshot::CpuSourceKind,
 };
@@ -48,6 +50,17 @@ fn attribution_for(config: &Config, mounts: &CgroupMounts) -> Attribution {
             v2: false,
         },
     }
+}
+
+/// The mount points of the hierarchies threads are attributed by: what the cgroup walk
+/// goes over.
+fn cgroup_roots(attribution: &Attribution, mounts: &CgroupMounts) -> Vec<PathBuf> {
+    let v1 = attribution
+        .v1_controller
+        .as_ref()
+        .and_then(|controller| mounts.v1.get(controller));
+    let v2 = mounts.v2.as_ref().filter(|_| attribution.v2);
+    v1.into_iter().chain(v2).cloned().collect()
 }
 
 impl Collector {
@@ -96,6 +109,7 @@ impl Collector {
         let (ebpf, fallback_reason) = match config.source {
             SourceChoice::Procfs => (None, None),
             choice => {
+                let cgroup_roots = cgroup_roots(&attribution, &mounts);
                 let options = KernelOptions {
                     attribution,
                     max_tracked_cgroups: config.ebpf.max_tracked_cgroups,
@@ -106,6 +120,8 @@ impl Collector {
                         _ => ThreadStateChoice::Auto,
                     },
                     max_threads: config.ebpf.max_threads,
+                    cgroup_roots,
+                    cgroup_walk_ring_bytes: CGROUP_WALK_RING_BYTES,
                 };
                 match EbpfSource::load(&options) {
                     Ok(source) => (Some(source), None),

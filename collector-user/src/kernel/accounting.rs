@@ -9,7 +9,8 @@ use std::{
 
 use aya::{
     maps::{
-        Array, HashMap as BpfHashMap, IterableMap, MapData, MapError, MapInfo, MapType, PerCpuArray,
+        Array, HashMap as BpfHashMap, IterableMap, MapData, MapError, MapInfo, MapType,
+        PerCpuArray, RingBuf,
     },
     programs::{
         links::{FdLink, PinnedLink},
@@ -19,8 +20,8 @@ use aya::{
     Btf as AyaBtf, Ebpf, EbpfError, EbpfLoader,
 };
 use collector_common::{
-    control, sample_flags, stat, CgroupCpu, CgroupSample, KernelLayout, SlotCgroups, ThreadEntry,
-    ThreadSample, ThreadState, TrackedCgroup,
+    control, kfunc as kfuncs, sample_flags, stat, CgroupCpu, CgroupSample, KernelLayout,
+    SlotCgroups, ThreadEntry, ThreadSample, ThreadState, TrackedCgroup,
 };
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
@@ -30,6 +31,7 @@ use crate::heap;
 use super::{
     btf::{Btf, BtfError},
     features::{Feature, KernelFeatures, Refusal, ThreadStateChoice, ThreadStateStore},
+    kfunc,
     layout::{self, Attribution},
     pins::{MapShape, PinDir, PinError},
     sys,
@@ -54,6 +56,15 @@ const THREAD_STATE_MAP: &str = "THREAD_STATE";
 const THREAD_HASH_MAP: &str = "THREAD_STATE_HASH";
 const SWITCH_LINK_PIN: &str = "sched_switch_link";
 const EMPTY_PROGRAM: &str = "sched_switch_empty";
+const CGROUP_WALK_PROGRAM: &str = "tracked_cgroup_threads";
+const SAMPLES_MAP: &str = "SAMPLES";
+const RING_DROPS_MAP: &str = "RING_DROPS";
+/// The cgroup walk's ring buffer's default size: room for about 40,000 records a pass (96 bytes and an
+/// 8-byte header each), more than the threads that run in an interval on the hosts this
+/// is for. A pass that reports more (a full pass on a larger host) loses records, and
+/// the daemon then redoes it with the task walk, which cannot lose any. Its pages count
+/// in the daemon's RSS once it has read them.
+pub const CGROUP_WALK_RING_BYTES: u32 = 4 << 20;
 
 #[derive(Debug, Error)]
 pub enum KernelError {
@@ -96,6 +107,13 @@ pub struct KernelOptions {
     pub thread_state: ThreadStateChoice,
     /// Capacity of the per-thread hash map (kernels without task storage only).
     pub max_threads: u32,
+    /// Mount points of the hierarchies threads are attributed by (the v1 controller's,
+    /// cgroup2's), which the cgroup walk goes over; empty, every task on the host is
+    /// walked instead.
+    pub cgroup_roots: Vec<PathBuf>,
+    /// Size of the cgroup walk's ring buffer ([`CGROUP_WALK_RING_BYTES`]; a power of
+    /// two, at least a page).
+    pub cgroup_walk_ring_bytes: u32,
 }
 
 /// What the programs counted (summed over CPUs), see `collector_common::stat`.
@@ -157,6 +175,8 @@ pub struct KernelAccounting {
     iter_prog_fd: Option<OwnedFd>,
     /// The task iterator's link (over every task), opened again for each pass.
     iter_link: Option<OwnedFd>,
+    /// Where the kernel has the css task iterator: the cgroup walk used instead.
+    cgroup_walk: Option<CgroupWalk>,
     programs: AttachedPrograms,
     features: KernelFeatures,
     layout: KernelLayout,
@@ -164,6 +184,19 @@ pub struct KernelAccounting {
     /// CPUs the checkpoint runs on (the configured ones; offline ones are skipped).
     cpus: u32,
     read_buf: Vec<u8>,
+}
+
+/// The cgroup walk (`tracked_cgroup_threads`): one iterator link per hierarchy, and the
+/// ring buffer its records come through.
+struct CgroupWalk {
+    prog_fd: OwnedFd,
+    links: Vec<OwnedFd>,
+    ring: RingBuf<MapData>,
+    drops: Array<MapData, u64>,
+    /// `RING_DROPS` after the last pass.
+    drops_seen: u64,
+    /// The last pass lost records: the next one walks every task instead.
+    lost_last_pass: bool,
 }
 
 fn program_err(name: &'static str) -> impl FnOnce(ProgramError) -> KernelError {
@@ -292,6 +325,10 @@ impl KernelAccounting {
     pub fn load(options: &KernelOptions) -> Result<Self, KernelError> {
         let btf = Btf::from_sys_fs()?;
         let layout = layout::resolve(&btf, &options.attribution);
+        let kfunc_ids: Vec<(&'static str, u32)> = kfuncs::ALL
+            .iter()
+            .filter_map(|&(_, name)| btf.func_id(name).map(|id| (name, id)))
+            .collect();
         drop(btf);
         // Each parse of the kernel's BTF takes 15-20 MiB for a moment: one at a time, each
         // freed and handed back before the next, so that start-up does not set the
@@ -301,7 +338,7 @@ impl KernelAccounting {
         let stores = stores_to_try(options.thread_state);
         let mut failure = None;
         for (i, &store) in stores.iter().enumerate() {
-            match Self::load_build(options, store, &layout) {
+            match Self::load_build(options, store, &layout, &kfunc_ids) {
                 Ok(kernel) => return Ok(kernel),
                 Err(e) => {
                     if i + 1 < stores.len() {
@@ -322,6 +359,7 @@ impl KernelAccounting {
         options: &KernelOptions,
         store: ThreadStateStore,
         layout: &KernelLayout,
+        kfunc_ids: &[(&'static str, u32)],
     ) -> Result<Self, KernelError> {
         let pins = options
             .pin_root
@@ -337,9 +375,12 @@ impl KernelAccounting {
             .map_max_entries(TRACKED_MAP, options.max_tracked_cgroups)
             .map_max_entries(CGROUP_CPU_MAP, options.max_tracked_cgroups)
             .map_max_entries(SLOT_CGROUPS_MAP, options.max_tracked_cgroups);
-        if store == ThreadStateStore::Hash {
-            loader.map_max_entries(THREAD_HASH_MAP, options.max_threads);
-        }
+        match store {
+            ThreadStateStore::Hash => loader.map_max_entries(THREAD_HASH_MAP, options.max_threads),
+            ThreadStateStore::TaskStorage => {
+                loader.map_max_entries(SAMPLES_MAP, options.cgroup_walk_ring_bytes)
+            }
+        };
         let pin_paths;
         if let Some(pins) = &pins {
             pins.prepare()?;
@@ -351,7 +392,18 @@ impl KernelAccounting {
                 loader.map_pin_path(name, path.as_path());
             }
         }
-        let mut ebpf = loader.load(object(store))?;
+        // The programs' kfunc calls are placeholders until patched (see `kfunc`); one
+        // this kernel lacks stays one, and only the program that makes it is refused.
+        let mut patched_object = object(store).to_vec();
+        let patched = kfunc::patch_calls(&mut patched_object, &kfuncs::ALL, |name| {
+            kfunc_ids
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|&(_, id)| id)
+        })
+        .map_err(|e| KernelError::Refused(e.to_string()))?;
+        let mut ebpf = loader.load(&patched_object)?;
+        drop(patched_object);
         // The loader's BTF is freed before the one the programs' attach points are looked
         // up in is parsed: two parses at once set a peak RSS of 43-45 MiB, one at a time
         // 29-30 MiB (BENCHMARKS.md, VmHWM).
@@ -409,10 +461,33 @@ impl KernelAccounting {
             Ok((fd, link)) => (Ok(fd), Some(link)),
             Err(e) => (Err(e), None),
         };
+        // The cgroup walk only replaces the task walk pass by pass (which stays the
+        // fallback), so it is tried only where the task walk works.
+        let cgroup_walk = match &iter_prog_fd {
+            Ok(_) if store == ThreadStateStore::Hash => Err(KernelError::Refused(
+                "the thread-hash build (for kernels without task storage) has no cgroup walk"
+                    .to_owned(),
+            )),
+            Ok(_) => load_cgroup_walk(&mut ebpf, aya_btf, &patched.missing, options),
+            Err(_) => Err(KernelError::Refused(
+                "the task iterator is off, and the cgroup walk needs it as its fallback".to_owned(),
+            )),
+        };
+        if let Err(e) = &cgroup_walk {
+            warn!(
+                reason = %e,
+                "!!! the cgroup walk is off on this kernel: every pass walks every task on \
+                 the host, not only the tracked cgroups' threads"
+            );
+        }
         let features = KernelFeatures {
             thread_state: store,
             checkpoint: feature_of(&checkpoint_prog_fd),
             process_iter: feature_of(&iter_prog_fd),
+            cgroup_walk: match &cgroup_walk {
+                Ok(_) => Feature::on(),
+                Err(e) => Feature::off(e.to_string()),
+            },
             cgroup_counters: match (&iter_prog_fd, layout.css_set_memory_subsys) {
                 (Err(_), _) => Feature::off(
                     "the task iterator is off: cgroup memory and throttling counters are \
@@ -505,6 +580,7 @@ impl KernelAccounting {
             checkpoint_prog_fd: checkpoint_prog_fd.ok(),
             iter_prog_fd: iter_prog_fd.ok(),
             iter_link,
+            cgroup_walk: cgroup_walk.ok(),
             programs: AttachedPrograms {
                 sched_switch_id,
                 checkpoint_id,
@@ -700,10 +776,19 @@ impl KernelAccounting {
         self.control
             .set(control::PASS, pass, 0)
             .map_err(map_err(CONTROL_MAP))?;
-        let mut file = sys::iter_create(link.as_fd()).map_err(io("opening the task iterator"))?;
         self.read_buf.clear();
-        file.read_to_end(&mut self.read_buf)
-            .map_err(io("reading the task iterator"))?;
+        match &mut self.cgroup_walk {
+            Some(walk) if !walk.lost_last_pass => walk.run(&mut self.read_buf)?,
+            _ => {
+                if let Some(walk) = &mut self.cgroup_walk {
+                    walk.lost_last_pass = false;
+                }
+                let mut file =
+                    sys::iter_create(link.as_fd()).map_err(io("opening the task iterator"))?;
+                file.read_to_end(&mut self.read_buf)
+                    .map_err(io("reading the task iterator"))?;
+            }
+        }
         threads.clear();
         cgroups.clear();
         for record in self.read_buf.chunks_exact(size_of::<ThreadSample>()) {
@@ -725,7 +810,11 @@ impl KernelAccounting {
         ProgramRunStats {
             sched_switch: stats(Some(&self.switch_prog_fd)),
             checkpoint: stats(self.checkpoint_prog_fd.as_ref()),
-            process_iter: stats(self.iter_prog_fd.as_ref()),
+            process_iter: {
+                let (task_runs, task_ns) = stats(self.iter_prog_fd.as_ref());
+                let (walk_runs, walk_ns) = stats(self.cgroup_walk.as_ref().map(|w| &w.prog_fd));
+                (task_runs + walk_runs, task_ns + walk_ns)
+            },
         }
     }
 
@@ -848,6 +937,103 @@ fn refused(program: &'static str, error: &ProgramError) -> KernelError {
         debug!(program, verifier_log = %log, "the verifier's whole log");
     }
     KernelError::Refused(refusal.reason)
+}
+
+impl CgroupWalk {
+    /// One pass: each hierarchy's walk, then the ring's records appended to `out`.
+    /// `Err` when records did not fit in the ring: the caller's pass is lost, and the
+    /// next one walks every task instead.
+    fn run(&mut self, out: &mut Vec<u8>) -> Result<(), KernelError> {
+        let io = |what| move |source| KernelError::Io { what, source };
+        for link in &self.links {
+            let mut file = sys::iter_create(link.as_fd()).map_err(io("opening the cgroup walk"))?;
+            // Nothing comes through the seq_file (a cgroup iterator cannot resume a walk
+            // in a second read()): this read runs the whole walk.
+            file.read_to_end(out)
+                .map_err(io("running the cgroup walk"))?;
+        }
+        while let Some(record) = self.ring.next() {
+            out.extend_from_slice(&record);
+        }
+        let drops = self.drops.get(&0, 0).map_err(map_err(RING_DROPS_MAP))?;
+        if drops != self.drops_seen {
+            self.drops_seen = drops;
+            self.lost_last_pass = true;
+            warn!(
+                drops,
+                "the cgroup walk's records did not fit in its ring buffer; this pass is \
+                 done again by walking every task"
+            );
+            return Err(KernelError::Io {
+                what: "the cgroup walk",
+                source: std::io::Error::other("its ring buffer was full: records lost"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Loads the cgroup walk and links it to each hierarchy of `options.cgroup_roots`.
+fn load_cgroup_walk(
+    ebpf: &mut Ebpf,
+    btf: &AyaBtf,
+    missing_kfuncs: &[&str],
+    options: &KernelOptions,
+) -> Result<CgroupWalk, KernelError> {
+    if !missing_kfuncs.is_empty() {
+        return Err(KernelError::Refused(format!(
+            "{CGROUP_WALK_PROGRAM}: this kernel lacks {} (the css task iterator, 6.7+)",
+            missing_kfuncs.join(", ")
+        )));
+    }
+    if options.cgroup_roots.is_empty() {
+        return Err(KernelError::Refused(format!(
+            "{CGROUP_WALK_PROGRAM}: no cgroup hierarchy to walk"
+        )));
+    }
+    let program: &mut Iter = ebpf
+        .program_mut(CGROUP_WALK_PROGRAM)
+        .ok_or(KernelError::Missing(CGROUP_WALK_PROGRAM))?
+        .try_into()
+        .map_err(program_err(CGROUP_WALK_PROGRAM))?;
+    program
+        .load("cgroup", btf)
+        .map_err(|e| refused(CGROUP_WALK_PROGRAM, &e))?;
+    if let Ok(info) = program.info() {
+        info!(
+            verified_insns = ?info.verified_instruction_count(),
+            "the cgroup walk passed the verifier"
+        );
+    }
+    let prog_fd = prog_fd(program.fd(), CGROUP_WALK_PROGRAM)?;
+    let links = options
+        .cgroup_roots
+        .iter()
+        .map(|root| {
+            let dir = std::fs::File::open(root).map_err(|source| KernelError::Io {
+                what: "opening a cgroup hierarchy for the cgroup walk",
+                source,
+            })?;
+            sys::cgroup_iter_link_create(prog_fd.as_fd(), dir.as_fd()).map_err(|e| {
+                KernelError::Refused(format!(
+                    "{CGROUP_WALK_PROGRAM}: creating its link on {}: {e}",
+                    root.display()
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let take =
+        |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(KernelError::Missing(name));
+    let ring = RingBuf::try_from(take(ebpf, SAMPLES_MAP)?).map_err(map_err(SAMPLES_MAP))?;
+    let drops = Array::try_from(take(ebpf, RING_DROPS_MAP)?).map_err(map_err(RING_DROPS_MAP))?;
+    Ok(CgroupWalk {
+        prog_fd,
+        links,
+        ring,
+        drops,
+        drops_seen: 0,
+        lost_last_pass: false,
+    })
 }
 
 /// Runs `load` for an optional program; a failure turns only that program off, loudly.

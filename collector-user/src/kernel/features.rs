@@ -65,6 +65,10 @@ pub struct KernelFeatures {
     pub checkpoint: Feature,
     /// The per-process task iterator; off, per-process figures come from /proc.
     pub process_iter: Feature,
+    /// The per-process records read by walking only the tracked cgroups' threads (a
+    /// cgroup iterator with the css task iterator, 6.7+); off, by walking every task on
+    /// the host (`process_iter`).
+    pub cgroup_walk: Feature,
     /// Cgroup memory and throttling counters read by the task iterator from the
     /// kernel's structs; off, they come from the single-value control files.
     pub cgroup_counters: Feature,
@@ -74,10 +78,11 @@ pub struct KernelFeatures {
 
 impl KernelFeatures {
     /// (name, feature) pairs, for logs and metrics.
-    pub fn optional(&self) -> [(&'static str, &Feature); 4] {
+    pub fn optional(&self) -> [(&'static str, &Feature); 5] {
         [
             ("checkpoint", &self.checkpoint),
             ("process_iter", &self.process_iter),
+            ("cgroup_walk", &self.cgroup_walk),
             ("cgroup_counters", &self.cgroup_counters),
             ("cpu_wait", &self.cpu_wait),
         ]

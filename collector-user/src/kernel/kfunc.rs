@@ -8,9 +8,8 @@
 //! aya's loader leaves such calls alone: it relocates only BPF-to-BPF calls
 //! (`src_reg = BPF_PSEUDO_CALL`). The kernel then checks the call as it would libbpf's:
 //! the function must exist, be registered for the program's type, and get arguments of
-//! its BTF prototype. Measured on 6.18: an `iter/cgroup` program walking each tracked
-//! cgroup's tasks with `bpf_iter_css_task_*` loads and runs this way (README, "Where the
-//! 10k cycle goes now").
+//! its BTF prototype. The cgroup walk (`tracked_cgroup_threads`) calls the css task
+//! iterator's kfuncs this way on 6.7+.
 //!
 //! Only executable sections are patched, and only exact placeholder calls: `code` 0x85
 //! (`BPF_JMP | BPF_CALL | BPF_K`), both registers 0, `off` 0.

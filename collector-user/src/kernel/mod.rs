@@ -10,7 +10,7 @@ pub mod sys;
 
 pub use accounting::{
     attach_empty_probe, AttachedPrograms, EmptyProbe, KernelAccounting, KernelError, KernelOptions,
-    KernelStats, ProgramRunStats,
+    KernelStats, ProgramRunStats, CGROUP_WALK_RING_BYTES,
 };
 pub use features::{Feature, KernelFeatures, ThreadStateChoice, ThreadStateStore};
 pub use layout::Attribution;

@@ -66,6 +66,28 @@ pub fn task_iter_link_create(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// `BPF_LINK_CREATE` for an `iter/cgroup` program over every cgroup under (and with)
+/// the open cgroup directory `cgroup`, parents before children.
+pub fn cgroup_iter_link_create(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+) -> io::Result<OwnedFd> {
+    /// `BPF_CGROUP_ITER_DESCENDANTS_PRE` of `enum bpf_cgroup_iter_order`.
+    const DESCENDANTS_PRE: u32 = 2;
+    // union bpf_iter_link_info { ... struct { order; cgroup_fd; cgroup_id } cgroup; }
+    let mut info = [0u8; 16];
+    info[0..4].copy_from_slice(&DESCENDANTS_PRE.to_ne_bytes());
+    info[4..8].copy_from_slice(&(cgroup.as_raw_fd() as u32).to_ne_bytes());
+    let mut attr = Attr::new();
+    attr.put_u32(0, prog.as_raw_fd() as u32); // link_create.prog_fd
+    attr.put_u32(8, BPF_TRACE_ITER); // link_create.attach_type
+    attr.put_u64(16, info.as_ptr() as u64); // link_create.iter_info
+    attr.put_u32(24, info.len() as u32); // link_create.iter_info_len
+    let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: the kernel returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// `BPF_ITER_CREATE`: a new iterator over the link; reading it runs the program.
 pub fn iter_create(link: BorrowedFd<'_>) -> io::Result<File> {
     let mut attr = Attr::new();

@@ -398,7 +398,7 @@ fn feature_on(h: &HealthInput<'_>, feature: &str) -> f64 {
     })
 }
 
-pub static HEALTH: [HealthFamily; 26] = [
+pub static HEALTH: [HealthFamily; 27] = [
     HealthFamily {
         family: Family::gauge(
             "nomad_collector_programs_attached",
@@ -582,6 +582,14 @@ pub static HEALTH: [HealthFamily; 26] = [
         ),
         json: "nomad_collector.ebpf.process_iter_enabled",
         value: |h| feature_on(h, "process_iter"),
+    },
+    HealthFamily {
+        family: Family::gauge(
+            "nomad_collector_ebpf_cgroup_walk_enabled",
+            "1 where each pass walks only the tracked cgroups' threads (css task iterator, 6.7+), 0 where it walks every task on the host.",
+        ),
+        json: "nomad_collector.ebpf.cgroup_walk_enabled",
+        value: |h| feature_on(h, "cgroup_walk"),
     },
     HealthFamily {
         family: Family::gauge(
