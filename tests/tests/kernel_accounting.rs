@@ -97,15 +97,13 @@ fn process_run_ns(kernel: &mut KernelAccounting, pid: u32) -> Option<u64> {
         return None;
     }
     let mut samples: Vec<ThreadSample> = Vec::new();
-    kernel
-        .sample_tracked_threads(next_pass(), true, &mut samples, &mut Vec::new())
-        .unwrap();
     let tracked: Vec<u32> = kernel
         .tracked_entries()
         .unwrap()
         .into_iter()
         .map(|(_, entry)| entry.slot)
         .collect();
+    pass_with_slots_full(kernel, &tracked, &mut samples, &mut Vec::new()).unwrap();
     assert!(
         samples.iter().all(|s| tracked.contains(&s.slot)),
         "the pass reports threads of tracked cgroups only"
@@ -132,6 +130,24 @@ fn process_run_ns(kernel: &mut KernelAccounting, pid: u32) -> Option<u64> {
 fn next_pass() -> u64 {
     static PASS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     PASS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A pass that reports every thread of `slots` as the daemon's passes after its first
+/// do: the slots marked full, the pass not host-wide full. It is the cgroup walk's where
+/// that is on (a host-wide full pass is always the task walk's).
+fn pass_with_slots_full(
+    kernel: &mut KernelAccounting,
+    slots: &[u32],
+    threads: &mut Vec<ThreadSample>,
+    cgroups: &mut Vec<CgroupSample>,
+) -> Result<(), String> {
+    let pass = next_pass();
+    for &slot in slots {
+        kernel.mark_full(slot, pass).unwrap();
+    }
+    kernel
+        .sample_tracked_threads(pass, false, threads, cgroups)
+        .map_err(|e| e.to_string())
 }
 
 /// Whether the task iterator must be on here: the loader probes features, the test
@@ -214,78 +230,93 @@ fn cgroup_counters_read_in_the_kernel_are_the_control_files_values() {
     unsafe { libc::kill(child.pid() as i32, libc::SIGSTOP) };
     thread::sleep(Duration::from_millis(300));
 
-    let (mut threads, mut cgroups) = (Vec::new(), Vec::<CgroupSample>::new());
-    kernel
-        .sample_tracked_threads(next_pass(), true, &mut threads, &mut cgroups)
-        .unwrap();
-    let read: Vec<&CgroupSample> = cgroups.iter().filter(|c| c.slot == slot).collect();
-    assert_eq!(
-        read.len(),
-        1,
-        "one record for the slot per pass: {cgroups:?}"
-    );
-    let sample = read[0];
-    assert_eq!(
-        sample.parts,
-        cgroup_parts::MEMORY | cgroup_parts::CPU,
-        "both cgroups are the process's"
-    );
-    let page = 4096; // the test machines' page size (x86-64)
-    let file = |hierarchy: &str, name: &str| -> u64 {
-        cgroup.read(hierarchy, name).trim().parse().unwrap()
-    };
-    let usage = file(
-        memory,
-        if v2 {
-            "memory.current"
+    // Both walks read them: the task walk in a host-wide full pass, the cgroup walk
+    // (where it is on) in the others.
+    for host_wide in [true, false] {
+        let walk = if host_wide {
+            "host-wide full pass"
         } else {
-            "memory.usage_in_bytes"
-        },
-    );
-    // The process is stopped, but the kernel may still free a few of the cgroup's
-    // objects (RCU-freed slabs) between the two reads.
-    let read_usage = sample.memory_pages * page;
-    assert!(
-        read_usage.abs_diff(usage) <= 16 * page,
-        "usage: kernel {read_usage} bytes, file {usage}"
-    );
-    if cgroup.has_memory_peak() {
-        let peak = file(
+            "slot-full pass"
+        };
+        let (mut threads, mut cgroups) = (Vec::new(), Vec::<CgroupSample>::new());
+        if host_wide {
+            kernel
+                .sample_tracked_threads(next_pass(), true, &mut threads, &mut cgroups)
+                .unwrap();
+        } else {
+            pass_with_slots_full(&mut kernel, &[slot], &mut threads, &mut cgroups).unwrap();
+        }
+        let read: Vec<&CgroupSample> = cgroups.iter().filter(|c| c.slot == slot).collect();
+        assert_eq!(
+            read.len(),
+            1,
+            "{walk}: one record for the slot per pass: {cgroups:?}"
+        );
+        let sample = read[0];
+        assert_eq!(
+            sample.parts,
+            cgroup_parts::MEMORY | cgroup_parts::CPU,
+            "{walk}: both cgroups are the process's"
+        );
+        let page = 4096; // the test machines' page size (x86-64)
+        let file = |hierarchy: &str, name: &str| -> u64 {
+            cgroup.read(hierarchy, name).trim().parse().unwrap()
+        };
+        let usage = file(
             memory,
             if v2 {
-                "memory.peak"
+                "memory.current"
             } else {
-                "memory.max_usage_in_bytes"
+                "memory.usage_in_bytes"
             },
         );
-        assert_eq!(sample.memory_peak_pages * page, peak, "peak");
-    }
-    if v2 {
-        assert_eq!(
-            sample.swap_pages * page,
-            file(memory, "memory.swap.current")
-        );
-    } else {
-        let kmem = file(memory, "memory.kmem.usage_in_bytes");
+        // The process is stopped, but the kernel may still free a few of the cgroup's
+        // objects (RCU-freed slabs) between the two reads.
+        let read_usage = sample.memory_pages * page;
         assert!(
-            (sample.kmem_pages * page).abs_diff(kmem) <= 16 * page,
-            "kernel memory: kernel {} bytes, file {kmem}",
-            sample.kmem_pages * page
+            read_usage.abs_diff(usage) <= 16 * page,
+            "{walk}: usage: kernel {read_usage} bytes, file {usage}"
         );
-        assert_eq!(
-            sample.oom_kills,
-            cgroup.stat(memory, "memory.oom_control", "oom_kill")
-        );
-    }
-    let throttled = cgroup.stat(cpu, "cpu.stat", "nr_throttled");
-    assert!(throttled > 0, "the quota throttled the process");
-    assert_eq!(sample.nr_throttled, throttled, "nr_throttled");
-    if v2 {
-        let us = cgroup.stat(cpu, "cpu.stat", "throttled_usec");
-        assert_eq!(sample.throttled_ns / 1000, us, "throttled time");
-    } else {
-        let ns = cgroup.stat(cpu, "cpu.stat", "throttled_time");
-        assert_eq!(sample.throttled_ns, ns, "throttled time");
+        if cgroup.has_memory_peak() {
+            let peak = file(
+                memory,
+                if v2 {
+                    "memory.peak"
+                } else {
+                    "memory.max_usage_in_bytes"
+                },
+            );
+            assert_eq!(sample.memory_peak_pages * page, peak, "{walk}: peak");
+        }
+        if v2 {
+            assert_eq!(
+                sample.swap_pages * page,
+                file(memory, "memory.swap.current"),
+                "{walk}: swap"
+            );
+        } else {
+            let kmem = file(memory, "memory.kmem.usage_in_bytes");
+            assert!(
+                (sample.kmem_pages * page).abs_diff(kmem) <= 16 * page,
+                "{walk}: kernel memory: kernel {} bytes, file {kmem}",
+                sample.kmem_pages * page
+            );
+            assert_eq!(
+                sample.oom_kills,
+                cgroup.stat(memory, "memory.oom_control", "oom_kill"),
+                "{walk}: oom kills"
+            );
+        }
+        let throttled = cgroup.stat(cpu, "cpu.stat", "nr_throttled");
+        assert!(throttled > 0, "{walk}: the quota throttled the process");
+        assert_eq!(sample.nr_throttled, throttled, "{walk}: nr_throttled");
+        if v2 {
+            let us = cgroup.stat(cpu, "cpu.stat", "throttled_usec");
+            assert_eq!(sample.throttled_ns / 1000, us, "{walk}: throttled time");
+        } else {
+            let ns = cgroup.stat(cpu, "cpu.stat", "throttled_time");
+            assert_eq!(sample.throttled_ns, ns, "{walk}: throttled time");
+        }
     }
 }
 
@@ -731,28 +762,37 @@ fn a_cgroup_walk_that_overflows_its_ring_is_redone_by_the_task_walk() {
         );
         thread::sleep(Duration::from_millis(20));
     }
-    let mut pass = |pass: u64| -> Result<BTreeSet<u32>, String> {
+    // As the daemon does: a pass that lost records is followed by a host-wide full one,
+    // which is the task walk's; the passes after it are the cgroup walk's again.
+    let mut pass = |host_wide: bool| -> Result<BTreeSet<u32>, String> {
         let mut samples: Vec<ThreadSample> = Vec::new();
-        kernel
-            .sample_tracked_threads(pass, true, &mut samples, &mut Vec::new())
-            .map_err(|e| e.to_string())?;
+        if host_wide {
+            kernel
+                .sample_tracked_threads(next_pass(), true, &mut samples, &mut Vec::new())
+                .map_err(|e| e.to_string())?;
+        } else {
+            pass_with_slots_full(&mut kernel, &[slot], &mut samples, &mut Vec::new())?;
+        }
         Ok(samples
             .iter()
             .filter(|s| s.slot == slot)
             .map(|s| s.tgid)
             .collect())
     };
-    let lost = pass(2001);
+    let lost = pass(false);
     assert!(
         lost.as_ref().is_err_and(|e| e.contains("ring buffer")),
         "61 records do not fit in one page: {lost:?}"
     );
     assert_eq!(
-        pass(2002).unwrap(),
+        pass(true).unwrap(),
         procs(),
         "the task walk reports every process"
     );
-    assert!(pass(2003).is_err(), "the next pass walks the cgroups again");
+    assert!(
+        pass(false).is_err(),
+        "the next pass walks the cgroups again"
+    );
     drop(parent);
 }
 

@@ -59,12 +59,15 @@ const EMPTY_PROGRAM: &str = "sched_switch_empty";
 const CGROUP_WALK_PROGRAM: &str = "tracked_cgroup_threads";
 const SAMPLES_MAP: &str = "SAMPLES";
 const RING_DROPS_MAP: &str = "RING_DROPS";
-/// The cgroup walk's ring buffer's default size: room for about 40,000 records a pass (96 bytes and an
-/// 8-byte header each), more than the threads that run in an interval on the hosts this
-/// is for. A pass that reports more (a full pass on a larger host) loses records, and
-/// the daemon then redoes it with the task walk, which cannot lose any. Its pages count
-/// in the daemon's RSS once it has read them.
-pub const CGROUP_WALK_RING_BYTES: u32 = 4 << 20;
+/// The cgroup walk's ring buffer's default size: room for about 10,000 records a pass (96
+/// bytes and an 8-byte header each). The walk makes only the passes that are not full
+/// for every slot: the threads that ran, the slots full by turn (a tenth) or after an
+/// exit, and the cgroup samples. A host-wide full pass (the first, and the one after a loss)
+/// is the task walk's, which has no such bound. A pass that does not fit loses records,
+/// and the daemon then makes a full pass. The kernel maps the ring's pages twice into the
+/// daemon (so that a record can wrap), and both count in its RSS once read: 4 MiB cost
+/// 8 MiB of RSS at 10,000 processes; this costs 2.
+pub const CGROUP_WALK_RING_BYTES: u32 = 1 << 20;
 
 #[derive(Debug, Error)]
 pub enum KernelError {
@@ -195,8 +198,6 @@ struct CgroupWalk {
     drops: Array<MapData, u64>,
     /// `RING_DROPS` after the last pass.
     drops_seen: u64,
-    /// The last pass lost records: the next one walks every task instead.
-    lost_last_pass: bool,
 }
 
 fn program_err(name: &'static str) -> impl FnOnce(ProgramError) -> KernelError {
@@ -750,13 +751,17 @@ impl KernelAccounting {
         })
     }
 
-    /// Runs the task iterator over every task on the host and replaces `threads` with
-    /// one sample per thread of a tracked cgroup and `cgroups` with the counters of the
-    /// tracked cgroups it could read them for.
+    /// Makes one pass over the tracked threads and replaces `threads` with one sample
+    /// per thread of a tracked cgroup and `cgroups` with the counters of the tracked
+    /// cgroups it could read them for.
     ///
     /// `pass` numbers the pass (see `control::PASS`); with `full`, every thread is
     /// reported, else only those that ran since their last record and those of the
-    /// slots marked full for this pass ([`KernelAccounting::mark_full`]).
+    /// slots marked full for this pass ([`KernelAccounting::mark_full`]). A full pass
+    /// is the task iterator's, over every task on the host; the others are the cgroup
+    /// walk's where it is on (`features().cgroup_walk`), over the threads of the tracked
+    /// cgroups that have something to report. `Err` when the walk's ring overflowed: the
+    /// pass is lost, and the caller's next must be full.
     pub fn sample_tracked_threads(
         &mut self,
         pass: u64,
@@ -778,11 +783,10 @@ impl KernelAccounting {
             .map_err(map_err(CONTROL_MAP))?;
         self.read_buf.clear();
         match &mut self.cgroup_walk {
-            Some(walk) if !walk.lost_last_pass => walk.run(&mut self.read_buf)?,
+            // A host-wide full pass reports every tracked thread: more than the walk's
+            // ring is sized for, and rare (see `CGROUP_WALK_RING_BYTES`).
+            Some(walk) if !full => walk.run(&mut self.read_buf)?,
             _ => {
-                if let Some(walk) = &mut self.cgroup_walk {
-                    walk.lost_last_pass = false;
-                }
                 let mut file =
                     sys::iter_create(link.as_fd()).map_err(io("opening the task iterator"))?;
                 file.read_to_end(&mut self.read_buf)
@@ -941,8 +945,8 @@ fn refused(program: &'static str, error: &ProgramError) -> KernelError {
 
 impl CgroupWalk {
     /// One pass: each hierarchy's walk, then the ring's records appended to `out`.
-    /// `Err` when records did not fit in the ring: the caller's pass is lost, and the
-    /// next one walks every task instead.
+    /// `Err` when records did not fit in the ring: the caller's pass is lost, and its
+    /// next one is full (the task walk).
     fn run(&mut self, out: &mut Vec<u8>) -> Result<(), KernelError> {
         let io = |what| move |source| KernelError::Io { what, source };
         for link in &self.links {
@@ -958,11 +962,10 @@ impl CgroupWalk {
         let drops = self.drops.get(&0, 0).map_err(map_err(RING_DROPS_MAP))?;
         if drops != self.drops_seen {
             self.drops_seen = drops;
-            self.lost_last_pass = true;
             warn!(
                 drops,
                 "the cgroup walk's records did not fit in its ring buffer; this pass is \
-                 done again by walking every task"
+                 lost and the next one is full, walking every task"
             );
             return Err(KernelError::Io {
                 what: "the cgroup walk",
@@ -1032,7 +1035,6 @@ fn load_cgroup_walk(
         ring,
         drops,
         drops_seen: 0,
-        lost_last_pass: false,
     })
 }
 
