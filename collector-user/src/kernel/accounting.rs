@@ -65,7 +65,7 @@ const RING_DROPS_MAP: &str = "RING_DROPS";
 /// exit, and the cgroup samples. A host-wide full pass (the first, and the one after a loss)
 /// is the task walk's, which has no such bound. A pass that does not fit loses records,
 /// and the daemon then makes a full pass. The kernel maps the ring's pages twice into the
-/// daemon (so that a record can wrap), and both count in its RSS once read: 4 MiB cost
+/// daemon (so that a record can wrap), and both count in its RSS from the start: 4 MiB cost
 /// 8 MiB of RSS at 10,000 processes; this costs 2.
 pub const CGROUP_WALK_RING_BYTES: u32 = 1 << 20;
 
