@@ -103,7 +103,7 @@ fn process_run_ns(kernel: &mut KernelAccounting, pid: u32) -> Option<u64> {
         .into_iter()
         .map(|(_, entry)| entry.slot)
         .collect();
-    pass_with_slots_full(kernel, &tracked, &mut samples, &mut Vec::new()).unwrap();
+    pass_reporting_all_of(kernel, &tracked, false, &mut samples, &mut Vec::new()).unwrap();
     assert!(
         samples.iter().all(|s| tracked.contains(&s.slot)),
         "the pass reports threads of tracked cgroups only"
@@ -132,21 +132,24 @@ fn next_pass() -> u64 {
     PASS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// A pass that reports every thread of `slots` as the daemon's passes after its first
-/// do: the slots marked full, the pass not host-wide full. It is the cgroup walk's where
-/// that is on (a host-wide full pass is always the task walk's).
-fn pass_with_slots_full(
+/// A pass that reports every thread of `slots`. With `host_wide`, every slot's pass is
+/// full, as in the daemon's first pass: the task walk's. Otherwise only `slots` are
+/// marked full, as in the daemon's later passes: the cgroup walk's where that is on.
+fn pass_reporting_all_of(
     kernel: &mut KernelAccounting,
     slots: &[u32],
+    host_wide: bool,
     threads: &mut Vec<ThreadSample>,
     cgroups: &mut Vec<CgroupSample>,
 ) -> Result<(), String> {
     let pass = next_pass();
-    for &slot in slots {
-        kernel.mark_full(slot, pass).unwrap();
+    if !host_wide {
+        for &slot in slots {
+            kernel.mark_full(slot, pass).unwrap();
+        }
     }
     kernel
-        .sample_tracked_threads(pass, false, threads, cgroups)
+        .sample_tracked_threads(pass, host_wide, threads, cgroups)
         .map_err(|e| e.to_string())
 }
 
@@ -239,13 +242,7 @@ fn cgroup_counters_read_in_the_kernel_are_the_control_files_values() {
             "slot-full pass"
         };
         let (mut threads, mut cgroups) = (Vec::new(), Vec::<CgroupSample>::new());
-        if host_wide {
-            kernel
-                .sample_tracked_threads(next_pass(), true, &mut threads, &mut cgroups)
-                .unwrap();
-        } else {
-            pass_with_slots_full(&mut kernel, &[slot], &mut threads, &mut cgroups).unwrap();
-        }
+        pass_reporting_all_of(&mut kernel, &[slot], host_wide, &mut threads, &mut cgroups).unwrap();
         let read: Vec<&CgroupSample> = cgroups.iter().filter(|c| c.slot == slot).collect();
         assert_eq!(
             read.len(),
@@ -766,13 +763,13 @@ fn a_cgroup_walk_that_overflows_its_ring_is_redone_by_the_task_walk() {
     // which is the task walk's; the passes after it are the cgroup walk's again.
     let mut pass = |host_wide: bool| -> Result<BTreeSet<u32>, String> {
         let mut samples: Vec<ThreadSample> = Vec::new();
-        if host_wide {
-            kernel
-                .sample_tracked_threads(next_pass(), true, &mut samples, &mut Vec::new())
-                .map_err(|e| e.to_string())?;
-        } else {
-            pass_with_slots_full(&mut kernel, &[slot], &mut samples, &mut Vec::new())?;
-        }
+        pass_reporting_all_of(
+            &mut kernel,
+            &[slot],
+            host_wide,
+            &mut samples,
+            &mut Vec::new(),
+        )?;
         Ok(samples
             .iter()
             .filter(|s| s.slot == slot)
