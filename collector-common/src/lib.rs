@@ -126,7 +126,37 @@ pub mod control {
     pub const PASS: u32 = 1;
     /// A pass in which every slot is full (the daemon's first, or after it lost track).
     pub const FULL_PASS: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// Where the programs put a thread that ran ([`RanThreads`]): the context-switch
+    /// program into the set of `MARK`, the checkpoint into the set of `MARK - 1`, which
+    /// the next cgroup walk reads. The daemon bumps it just before each checkpoint of
+    /// every CPU, whose runs order every switch that saw the old value before the walk.
+    pub const MARK: u32 = 3;
+    /// 1 when the set of `MARK - 1` holds every thread of each slot that ran since the
+    /// walk before (one checkpoint of every CPU between the two walks, none failed):
+    /// only then does the walk read a slot's threads from its set.
+    pub const RAN_SETS_VALID: u32 = 4;
+    pub const COUNT: u32 = 5;
+}
+
+/// Threads a [`RanSet`] holds; a slot where more ran is walked thread by thread.
+pub const RAN_SET_CAPACITY: usize = 14;
+
+/// The threads of one slot that ran in one interval, each once: the thread's
+/// `ThreadState::marked_pass` says it is in. `count` may exceed the capacity (the
+/// threads past it are not kept: the set overflowed).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RanSet {
+    pub count: u64,
+    pub tids: [u32; RAN_SET_CAPACITY],
+}
+
+/// Element of the `RAN_THREADS` array, by counter slot: the sets of two consecutive
+/// marks (`control::MARK` parity), one being filled while the other is read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RanThreads {
+    pub sets: [RanSet; 2],
 }
 
 /// Every slot's pass is full once in this many (see [`full_by_turn`]),
@@ -182,6 +212,10 @@ pub struct ThreadState {
     pub reported_run_ns: u64,
     pub reported_slot: u32,
     pub reported_tid: u32,
+    /// The `control::MARK` whose [`RanSet`] of the slot the thread was last put in (by
+    /// the context-switch program and the checkpoint): once per interval, not at every
+    /// switch.
+    pub marked_pass: u64,
 }
 
 /// Value of the per-thread hash map that replaces task storage on kernels without it
@@ -309,7 +343,13 @@ pub mod stat {
     /// A thread looked its cgroup up in `TRACKED_CGROUPS` (its cached attribution was
     /// missing or stale): the slow path of the context-switch program.
     pub const LOOKUPS: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// A slot that the cgroup walk read from its ran set: only the threads that ran
+    /// were looked at.
+    pub const RAN_SET_SLOTS: u32 = 5;
+    /// A slot where more threads ran than its ran set holds: the cgroup walk went over
+    /// all its threads instead.
+    pub const RAN_SET_OVERFLOWS: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// Kernel functions (kfuncs) the programs may call. aya 0.14 cannot emit a kfunc call
@@ -325,12 +365,29 @@ pub mod kfunc {
     pub const ITER_CSS_TASK_NEXT: i32 = 0x4b46_0002;
     /// `bpf_iter_css_task_destroy(it)`: ends the walk (6.7+).
     pub const ITER_CSS_TASK_DESTROY: i32 = 0x4b46_0003;
+    /// `bpf_task_from_pid(pid)`: the task of a thread id, with a reference, or null
+    /// (6.2+).
+    pub const TASK_FROM_PID: i32 = 0x4b46_0004;
+    /// `bpf_task_release(task)`: drops the reference `bpf_task_from_pid` took (6.2+).
+    pub const TASK_RELEASE: i32 = 0x4b46_0005;
+    /// `bpf_iter_num_new(it, start, end)`: a loop over `start..end` that the verifier
+    /// checks once, not once per round (6.4+).
+    pub const ITER_NUM_NEW: i32 = 0x4b46_0006;
+    /// `bpf_iter_num_next(it)`: a pointer to the next number, or null at the end (6.4+).
+    pub const ITER_NUM_NEXT: i32 = 0x4b46_0007;
+    /// `bpf_iter_num_destroy(it)`: ends the loop (6.4+).
+    pub const ITER_NUM_DESTROY: i32 = 0x4b46_0008;
 
     /// Each placeholder with the kernel function it stands for.
-    pub const ALL: [(i32, &str); 3] = [
+    pub const ALL: [(i32, &str); 8] = [
         (ITER_CSS_TASK_NEW, "bpf_iter_css_task_new"),
         (ITER_CSS_TASK_NEXT, "bpf_iter_css_task_next"),
         (ITER_CSS_TASK_DESTROY, "bpf_iter_css_task_destroy"),
+        (TASK_FROM_PID, "bpf_task_from_pid"),
+        (TASK_RELEASE, "bpf_task_release"),
+        (ITER_NUM_NEW, "bpf_iter_num_new"),
+        (ITER_NUM_NEXT, "bpf_iter_num_next"),
+        (ITER_NUM_DESTROY, "bpf_iter_num_destroy"),
     ];
 }
 
@@ -340,8 +397,8 @@ const _: () = {
     assert!(core::mem::size_of::<KernelLayout>() == 34 * 4);
     assert!(core::mem::size_of::<TrackedCgroup>() == 16);
     assert!(core::mem::size_of::<CgroupCpu>() == 56);
-    assert!(core::mem::size_of::<ThreadState>() == 72);
-    assert!(core::mem::size_of::<ThreadEntry>() == 80);
+    assert!(core::mem::size_of::<ThreadState>() == 80);
+    assert!(core::mem::size_of::<ThreadEntry>() == 88);
     assert!(core::mem::size_of::<ThreadSample>() == 88);
     assert!(core::mem::size_of::<CgroupSample>() == 88);
     assert!(
@@ -349,6 +406,8 @@ const _: () = {
     );
     assert!(core::mem::offset_of!(CgroupSample, slot) == core::mem::offset_of!(ThreadSample, slot));
     assert!(core::mem::size_of::<SlotCgroups>() == 56);
+    assert!(core::mem::size_of::<RanSet>() == 8 + 4 * RAN_SET_CAPACITY);
+    assert!(core::mem::size_of::<RanThreads>() == 2 * core::mem::size_of::<RanSet>());
 };
 
 #[cfg(feature = "user")]
@@ -365,10 +424,10 @@ mod pod {
     unsafe impl aya::Pod for TrackedCgroup {}
     // SAFETY: seven `u64` counters, 56 bytes: no padding, every bit pattern valid.
     unsafe impl aya::Pod for CgroupCpu {}
-    // SAFETY: six `u64`, two `u32`, a `u64`, two `u32`, 72 bytes: no padding, every bit
-    // pattern valid.
+    // SAFETY: six `u64`, two `u32`, a `u64`, two `u32`, a `u64`, 80 bytes: no padding,
+    // every bit pattern valid.
     unsafe impl aya::Pod for ThreadState {}
-    // SAFETY: a `ThreadState` (Pod, above: 72 bytes, 8-aligned) then a `u64`, 80 bytes:
+    // SAFETY: a `ThreadState` (Pod, above: 80 bytes, 8-aligned) then a `u64`, 88 bytes:
     // no padding, every bit pattern valid.
     unsafe impl aya::Pod for ThreadEntry {}
     // SAFETY: two `u32`, seven `u64`, two `i64`, two `u32`, 88 bytes, each field at an
@@ -378,4 +437,9 @@ mod pod {
     unsafe impl aya::Pod for CgroupSample {}
     // SAFETY: seven `u64`, 56 bytes: no padding, every bit pattern valid.
     unsafe impl aya::Pod for SlotCgroups {}
+    // SAFETY: a `u64` then 14 `u32`, 64 bytes (asserted above): no padding, every bit
+    // pattern valid.
+    unsafe impl aya::Pod for RanSet {}
+    // SAFETY: two `RanSet` (Pod, above: 64 bytes, 8-aligned), 128 bytes: no padding.
+    unsafe impl aya::Pod for RanThreads {}
 }

@@ -19,8 +19,58 @@ use collector_common::{
 
 use crate::{
     kernel::{Access, CpuTimes, Task},
-    maps::{count, generation, tracked_cgroup, CGROUP_CPU},
+    maps::{count, generation, mark, mark_ran, ran_sets_on, tracked_cgroup, CGROUP_CPU},
 };
+
+/// Whether a program puts the threads it accounts into their slot's ran set (see
+/// `maps::mark_ran`), and into which.
+pub trait Marks {
+    /// False in the build for kernels without the cgroup walk (the set's atomic
+    /// fetch-and-add is 5.12+; 5.10 refuses it even where it cannot run).
+    const ON: bool;
+    /// The mark of the set.
+    fn target() -> u64;
+}
+
+/// Puts no thread into a set.
+#[allow(dead_code, reason = "each of the two builds uses its own")]
+pub struct NoMarks;
+
+impl Marks for NoMarks {
+    const ON: bool = false;
+    #[inline(always)]
+    fn target() -> u64 {
+        0
+    }
+}
+
+/// At a context switch: the set of the current mark, which the walk after the next
+/// bump reads.
+#[allow(dead_code, reason = "each of the two builds uses its own")]
+pub struct SwitchMarks;
+
+impl Marks for SwitchMarks {
+    const ON: bool = true;
+    #[inline(always)]
+    fn target() -> u64 {
+        mark()
+    }
+}
+
+/// At a checkpoint, which the daemon runs just after it bumps the mark: the set the
+/// next walk reads, since the thread is running in the interval that walk reports.
+#[allow(dead_code, reason = "each of the two builds uses its own")]
+pub struct CheckpointMarks;
+
+impl Marks for CheckpointMarks {
+    const ON: bool = true;
+    #[inline(always)]
+    fn target() -> u64 {
+        // Before the daemon's first bump, the switches' own (so that nothing goes into
+        // a set twice an interval where no walk reads them).
+        mark().saturating_sub(1)
+    }
+}
 
 /// Where each thread's [`ThreadState`] is kept, for tasks read with access `A`.
 pub trait ThreadStore<A: Access> {
@@ -34,18 +84,22 @@ pub trait ThreadStore<A: Access> {
 
 /// The thread being switched out: its state tells whether this is its final switch.
 #[inline(always)]
-pub fn account_switch<A: Access, S: ThreadStore<A>, C: EbpfContext>(ctx: &C, task: Task<A>) {
+pub fn account_switch<A: Access, S: ThreadStore<A>, M: Marks, C: EbpfContext>(
+    ctx: &C,
+    task: Task<A>,
+) {
     let exiting = task.state() == TASK_DEAD;
-    account::<A, S, C>(ctx, task, exiting);
+    account::<A, S, M, C>(ctx, task, exiting);
     if exiting {
         S::release(task);
     }
 }
 
 /// Adds what `task` ran since it was last accounted to its tracked cgroup. `exiting`:
-/// this is the thread's final switch (its CPU time is final).
+/// this is the thread's final switch (its CPU time is final). A thread of a tracked
+/// cgroup goes into its slot's ran set of `M` (once per mark).
 #[inline(always)]
-pub fn account<A: Access, S: ThreadStore<A>, C: EbpfContext>(
+pub fn account<A: Access, S: ThreadStore<A>, M: Marks, C: EbpfContext>(
     ctx: &C,
     task: Task<A>,
     exiting: bool,
@@ -79,6 +133,14 @@ pub fn account<A: Access, S: ThreadStore<A>, C: EbpfContext>(
     let delta = now.since(&CpuTimes::accounted(state));
     now.store(state);
     add(cgroup, &delta);
+    if M::ON && ran_sets_on() {
+        mark_ran(
+            &mut state.marked_pass,
+            state.slot,
+            || task.pid(),
+            M::target(),
+        );
+    }
     if exiting {
         count(stat::EXITS_FOLDED);
         // SAFETY: cgroup is an element of CGROUP_CPU, valid while the program runs.
@@ -160,7 +222,11 @@ fn resolve<A: Access, S: ThreadStore<A>, C: EbpfContext>(
                 s.flags |= thread_flags::ACCOUNTED;
             }
             // A thread that moved here from another tracked cgroup keeps its baseline:
-            // what it ran since its last switch is added here.
+            // what it ran since its last switch is added here; it goes into this
+            // slot's set too.
+            if s.slot != slot {
+                s.marked_pass = 0;
+            }
             s.slot = slot;
         }
     }

@@ -11,13 +11,18 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, RingBuf},
 };
-use collector_common::{full_by_turn, kfunc, SlotCgroups, PF_KTHREAD};
+use collector_common::{
+    full_by_turn, kfunc, stat, RanThreads, SlotCgroups, PF_KTHREAD, RAN_SET_CAPACITY,
+};
 
 use crate::{
     account::ThreadStore,
     iter::{session_of, slot_active, try_cgroup_sample, visit_thread, Output, Written},
     kernel::{cgroup_id, Direct, Task},
-    maps::{passes, tracked_cgroup, SLOT_CGROUPS, TRACKED_CGROUPS},
+    maps::{
+        count, mark, passes, ran_sets_valid, tracked_cgroup, RAN_THREADS, SLOT_CGROUPS,
+        TRACKED_CGROUPS,
+    },
 };
 
 /// The walk's records (a cgroup iterator cannot resume a walk in a second `read()`, so
@@ -64,6 +69,18 @@ pub unsafe fn try_tracked_cgroup_threads<S: ThreadStore<Direct>>(ctx: *mut c_voi
     };
     // SAFETY: meta is the iterator's bpf_iter_meta (the caller's contract).
     let session = unsafe { session_of(meta) };
+    let ran = take_ran_set(slot);
+    // SAFETY: entry is the slot's element (above).
+    let full = unsafe { slot_full(entry, slot) };
+    if !full && ran.valid {
+        if ran.count as usize <= RAN_SET_CAPACITY {
+            count(stat::RAN_SET_SLOTS);
+            // SAFETY: entry is the slot's element; cgroup the iterator's trusted cgroup.
+            unsafe { walk_ran_set::<S>(cgroup, slot, entry, session, &ran) };
+            return;
+        }
+        count(stat::RAN_SET_OVERFLOWS);
+    }
     // SAFETY: entry is the slot's element (above).
     if unsafe { !slot_due(entry, slot, session) } {
         return;
@@ -74,6 +91,9 @@ pub unsafe fn try_tracked_cgroup_threads<S: ThreadStore<Direct>>(ctx: *mut c_voi
     if cgroup_due && unsafe { cgroup_sample_first(cgroup, slot, entry, session) }.is_err() {
         return; // the ring is full: this pass is lost anyway
     }
+    // More threads ran than the set holds: they are many of the slot's, and walking
+    // them all costs little more than reporting them.
+    let overflowed = ran.valid && ran.count != 0;
     let mut walk = CssTasks::new();
     // SAFETY: cgroup is the iterator's trusted cgroup, whose first member is its own
     // css (`struct cgroup { struct cgroup_subsys_state self; ... }`).
@@ -92,11 +112,125 @@ pub unsafe fn try_tracked_cgroup_threads<S: ThreadStore<Direct>>(ctx: *mut c_voi
             continue;
         }
         // SAFETY: entry is the slot's element; the walk's task is live until next().
-        if unsafe { visit_thread::<S, _>(task, slot, entry, session, &RingOutput) }.is_err() {
+        let visited =
+            unsafe { visit_thread::<S, _>(task, slot, entry, session, overflowed, &RingOutput) };
+        if visited.is_err() {
             break; // the ring is full: this pass is lost anyway
         }
     }
     walk.finish();
+}
+
+/// What a slot's ran set for this walk held, taken (emptied) by [`take_ran_set`].
+struct RanSetTaken {
+    /// The daemon says the set is complete (`control::RAN_SETS_VALID`).
+    valid: bool,
+    /// Threads put in, possibly more than it kept.
+    count: u64,
+    /// The element, for reading the thread ids kept.
+    ran: *const RanThreads,
+    parity: usize,
+}
+
+/// The slot's set of mark `mark() - 1`, which no program writes any more (the daemon
+/// bumped the mark and then checkpointed every CPU), emptied for its next use two marks
+/// on: whether or not this walk reads it, so that it never holds stale threads.
+#[inline(always)]
+fn take_ran_set(slot: u32) -> RanSetTaken {
+    let parity = (mark().wrapping_sub(1) & 1) as usize;
+    let mut taken = RanSetTaken {
+        valid: false,
+        count: 0,
+        ran: core::ptr::null(),
+        parity,
+    };
+    if let Some(ran) = RAN_THREADS.get_ptr_mut(slot) {
+        // SAFETY: an element of an array map, valid while the program runs; this set is
+        // written by no program now (above), and one walk runs at a time.
+        let count = unsafe { &raw mut (*ran).sets[parity].count };
+        // SAFETY: as above.
+        taken.count = unsafe { *count };
+        // SAFETY: as above.
+        unsafe { *count = 0 };
+        taken.ran = ran;
+        taken.valid = ran_sets_valid();
+    }
+    taken
+}
+
+/// A slot that is not full, whose ran set is complete and kept every thread that ran:
+/// its cgroup sample, then each of those threads, found by id (a thread that exited
+/// meanwhile is gone; its slot is full at the next pass, from its exit). Nothing else of
+/// the slot can have run, so nothing else is looked at.
+///
+/// # Safety
+/// `cgroup` must be the iterator's trusted cgroup, `entry` the slot's element of
+/// `SLOT_CGROUPS`, `ran` taken from that slot's element of `RAN_THREADS`.
+#[inline(always)]
+unsafe fn walk_ran_set<S: ThreadStore<Direct>>(
+    cgroup: *const u8,
+    slot: u32,
+    entry: *mut SlotCgroups,
+    session: u64,
+    ran: &RanSetTaken,
+) {
+    // SAFETY: entry is the slot's element (the caller's contract).
+    let cgroup_due = unsafe { (*entry).session } != session;
+    // SAFETY: as above; cgroup is the iterator's trusted cgroup.
+    if cgroup_due && unsafe { cgroup_sample_first(cgroup, slot, entry, session) }.is_err() {
+        return; // the ring is full: this pass is lost anyway
+    }
+    let mut rounds = Numbers::new();
+    rounds.start(0, ran.count as i32);
+    loop {
+        let at = rounds.next();
+        if at.is_null() {
+            break;
+        }
+        // SAFETY: a non-null result of bpf_iter_num_next points to the round's number.
+        let Some(at) = usize::try_from(unsafe { *at })
+            .ok()
+            .filter(|&at| at < RAN_SET_CAPACITY)
+        else {
+            break;
+        };
+        // SAFETY: ran.ran is the slot's element (the caller's contract), valid while the
+        // program runs; `at` is in bounds (checked) and `parity` 0 or 1.
+        let tid = unsafe { (*ran.ran).sets[ran.parity].tids[at] };
+        let task = task_from_pid(tid);
+        if task.is_null() {
+            continue; // gone
+        }
+        // SAFETY: a non-null result of bpf_task_from_pid is a trusted task_struct, held
+        // until the release below.
+        let thread = unsafe { Task::<Direct>::new(task) };
+        // Another thread may have got the id of one that exited: only a thread of this
+        // slot is reported with it.
+        let visited = if thread.flags() & PF_KTHREAD == 0 && tracked_cgroup(thread).slot == slot {
+            // SAFETY: entry is the slot's element; the task is held (above).
+            unsafe { visit_thread::<S, _>(thread, slot, entry, session, true, &RingOutput) }
+        } else {
+            Ok(())
+        };
+        task_release(task);
+        if visited.is_err() {
+            break; // the ring is full: this pass is lost anyway
+        }
+    }
+    rounds.finish();
+}
+
+/// Whether every thread of slot `slot` is reported in this pass: a pass full for every
+/// slot, this slot's full pass, or its turn.
+///
+/// # Safety
+/// `entry` must be the slot's element of `SLOT_CGROUPS`.
+#[inline(always)]
+unsafe fn slot_full(entry: *mut SlotCgroups, slot: u32) -> bool {
+    let (pass, full_pass) = passes();
+    // SAFETY: an element of an array map, valid while the program runs; the daemon
+    // writes it only between passes.
+    pass == full_pass || unsafe { (*entry).full_pass } == pass || full_by_turn(pass, slot)
 }
 
 /// Whether slot `slot` has anything to report in this pass: it is full, one of its
@@ -106,12 +240,9 @@ pub unsafe fn try_tracked_cgroup_threads<S: ThreadStore<Direct>>(ctx: *mut c_voi
 /// `entry` must be the slot's element of `SLOT_CGROUPS`.
 #[inline(always)]
 unsafe fn slot_due(entry: *mut SlotCgroups, slot: u32, session: u64) -> bool {
-    let (pass, full_pass) = passes();
-    // SAFETY: (this read and the next) an element of an array map, valid while the
-    // program runs; the daemon writes it only between passes.
-    let full =
-        pass == full_pass || unsafe { (*entry).full_pass } == pass || full_by_turn(pass, slot);
-    // SAFETY: as above.
+    // SAFETY: entry is the slot's element (the caller's contract).
+    let full = unsafe { slot_full(entry, slot) };
+    // SAFETY: an element of an array map, valid while the program runs.
     let cgroup_due = unsafe { (*entry).session } != session;
     // SAFETY: entry is the slot's element (the caller's contract).
     full || cgroup_due || unsafe { slot_active(entry, slot, session) }
@@ -225,6 +356,77 @@ impl CssTasks {
         // SAFETY: self is the iterator's state, started.
         unsafe { destroy(self) };
     }
+}
+
+/// The open-coded number loop (`bpf_iter_num_*`, kfuncs of 6.4+, called through the
+/// placeholders the daemon patches): the verifier checks its body once, where a plain
+/// bounded loop would be checked once per round. Its state lives on the stack.
+#[repr(C, align(8))]
+struct Numbers {
+    /// `struct bpf_iter_num { __u64 __opaque[1]; }`
+    opaque: [u64; 1],
+}
+
+impl Numbers {
+    #[inline(always)]
+    fn new() -> Self {
+        Numbers { opaque: [0] }
+    }
+
+    /// Starts the loop over `start..end`. In place: the state must not be copied once
+    /// started (the verifier rejects any read of it but the kfuncs').
+    #[inline(always)]
+    fn start(&mut self, start: i32, end: i32) {
+        // SAFETY: the placeholder becomes a call of the kfunc with this prototype,
+        // int bpf_iter_num_new(struct bpf_iter_num *, int start, int end); a program
+        // whose placeholder was not patched is rejected by the verifier, never run.
+        let new: unsafe extern "C" fn(*mut Numbers, i32, i32) -> i32 =
+            unsafe { core::mem::transmute(kfunc::ITER_NUM_NEW as usize) };
+        // An error (end below start, or too far) leaves the loop empty.
+        // SAFETY: self is the loop's stack state.
+        unsafe { new(self, start, end) };
+    }
+
+    /// A pointer to the next number, or null at the end.
+    #[inline(always)]
+    fn next(&mut self) -> *const i32 {
+        // SAFETY: as in `new`, for int *bpf_iter_num_next(struct bpf_iter_num *).
+        let next: unsafe extern "C" fn(*mut Numbers) -> *const i32 =
+            unsafe { core::mem::transmute(kfunc::ITER_NUM_NEXT as usize) };
+        // SAFETY: self is the loop's state, started.
+        unsafe { next(self) }
+    }
+
+    /// Ends the loop.
+    #[inline(always)]
+    fn finish(&mut self) {
+        // SAFETY: as in `new`, for void bpf_iter_num_destroy(struct bpf_iter_num *).
+        let destroy: unsafe extern "C" fn(*mut Numbers) =
+            unsafe { core::mem::transmute(kfunc::ITER_NUM_DESTROY as usize) };
+        // SAFETY: self is the loop's state, started.
+        unsafe { destroy(self) };
+    }
+}
+
+/// The thread with id `tid` in the initial PID namespace, held until
+/// [`task_release`]; null when there is none.
+#[inline(always)]
+fn task_from_pid(tid: u32) -> *const u8 {
+    // SAFETY: as in `Numbers::new`, for struct task_struct *bpf_task_from_pid(s32 pid).
+    let from_pid: unsafe extern "C" fn(i32) -> *const u8 =
+        unsafe { core::mem::transmute(kfunc::TASK_FROM_PID as usize) };
+    // SAFETY: takes any id; the verifier makes the caller release a non-null result.
+    unsafe { from_pid(tid as i32) }
+}
+
+/// Drops the reference [`task_from_pid`] took.
+#[inline(always)]
+fn task_release(task: *const u8) {
+    // SAFETY: as in `Numbers::new`, for void bpf_task_release(struct task_struct *).
+    let release: unsafe extern "C" fn(*const u8) =
+        unsafe { core::mem::transmute(kfunc::TASK_RELEASE as usize) };
+    // SAFETY: task is a non-null result of task_from_pid not released yet (the caller).
+    unsafe { release(task) };
 }
 
 /// Counts a record that did not fit in `SAMPLES`.

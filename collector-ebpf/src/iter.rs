@@ -65,7 +65,7 @@ pub unsafe fn try_tracked_threads<S: ThreadStore<Direct>>(ctx: *mut c_void) {
     // A full buffer is already counted, and the kernel shows this task again at the
     // next read().
     // SAFETY: entry is the slot's element; the iterator's task is live for this call.
-    let _ = unsafe { visit_thread::<S, _>(task, slot, entry, session, &out) };
+    let _ = unsafe { visit_thread::<S, _>(task, slot, entry, session, false, &out) };
 }
 
 /// # Safety
@@ -80,7 +80,9 @@ pub(crate) unsafe fn session_of(meta: *const u8) -> u64 {
 
 /// Reports one thread of slot `slot` if it must be (see the module's text), and the
 /// slot's cgroup counters at its first thread in the session; `Err` when `out` had no
-/// room (the thread's state then still says it is unreported).
+/// room (the thread's state then still says it is unreported). `ran`: the thread is
+/// known to have run since the walk before (it is in its slot's ran set), whatever the
+/// slot's counter says, which is then not looked at.
 ///
 /// # Safety
 /// `entry` must be the slot's element of `SLOT_CGROUPS`, `task` a live BTF task.
@@ -90,6 +92,7 @@ pub(crate) unsafe fn visit_thread<S: ThreadStore<Direct>, O: Output>(
     slot: u32,
     entry: *mut SlotCgroups,
     session: u64,
+    ran: bool,
     out: &O,
 ) -> Result<(), ()> {
     let (pass, full_pass) = passes();
@@ -100,7 +103,7 @@ pub(crate) unsafe fn visit_thread<S: ThreadStore<Direct>, O: Output>(
     // SAFETY: as above.
     let cgroup_due = O::CGROUP_SAMPLE_PER_THREAD && unsafe { (*entry).session } != session;
     // SAFETY: entry is the slot's element (above).
-    let active = unsafe { slot_active(entry, slot, session) };
+    let active = ran || unsafe { slot_active(entry, slot, session) };
     if !full && !active && !cgroup_due {
         return Ok(()); // no thread of the slot ran since the last pass
     }

@@ -24,6 +24,7 @@
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 
 mod account;
@@ -41,7 +42,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    account::{account, account_switch},
+    account::{account, account_switch, CheckpointMarks, SwitchMarks},
     kernel::{Direct, Task},
     store_task::TaskStore,
 };
@@ -55,7 +56,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // sched_switch(bool preempt, struct task_struct *prev, struct task_struct *next, ...)
     // SAFETY: argument 1 of sched_switch is the task being switched out, a BTF pointer.
     let prev = unsafe { Task::<Direct>::new(ctx.arg(1)) };
-    account_switch::<Direct, Store, _>(&ctx, prev);
+    account_switch::<Direct, Store, SwitchMarks, _>(&ctx, prev);
     0
 }
 
@@ -66,7 +67,7 @@ pub fn checkpoint(ctx: RawTracePointContext) -> i32 {
     let task = unsafe { bpf_get_current_task_btf() };
     // SAFETY: the running task, a BTF pointer live while the program runs.
     let current = unsafe { Task::<Direct>::new(task.cast()) };
-    account::<Direct, Store, _>(&ctx, current, false);
+    account::<Direct, Store, CheckpointMarks, _>(&ctx, current, false);
     0
 }
 

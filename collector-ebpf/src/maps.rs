@@ -7,7 +7,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
-use collector_common::{control, stat, CgroupCpu, SlotCgroups, TrackedCgroup, NO_SLOT};
+use collector_common::{
+    control, stat, CgroupCpu, RanThreads, SlotCgroups, TrackedCgroup, NO_SLOT, RAN_SET_CAPACITY,
+};
 
 use crate::kernel::{Access, Task};
 
@@ -28,6 +30,19 @@ pub static CGROUP_CPU: Array<CgroupCpu> = Array::with_max_entries(16384, 0);
 /// writes every slot it tracks, adopted ones included, after each load.
 #[map]
 pub static SLOT_CGROUPS: Array<SlotCgroups> = Array::with_max_entries(16384, 0);
+
+/// By counter slot: the threads that ran in the last two intervals (see
+/// [`mark_ran`]), which the cgroup walk reads instead of walking every thread of the
+/// slot. Same capacity as `CGROUP_CPU`. Pinned with it: a kept context-switch program
+/// goes on filling the sets it was loaded with.
+#[map]
+pub static RAN_THREADS: Array<RanThreads> = Array::with_max_entries(16384, 0);
+
+/// 1 when the context-switch program and the checkpoint put threads into
+/// `RAN_THREADS` (set by the daemon at load where the cgroup walk can read them);
+/// in `.rodata`, so that elsewhere the verifier drops the code that does it.
+#[unsafe(no_mangle)]
+static RAN_SETS_ON: u32 = 0;
 
 /// Values the daemon sets for the programs (see `collector_common::control`).
 #[map]
@@ -80,6 +95,78 @@ pub fn passes() -> (u64, u64) {
     let pass = CONTROL.get(control::PASS).copied().unwrap_or_default();
     let full = CONTROL.get(control::FULL_PASS).copied().unwrap_or_default();
     (pass, full)
+}
+
+/// `control::MARK` (see `collector_common::control`).
+#[allow(dead_code, reason = "only the task-storage build has ran sets")]
+#[inline(always)]
+pub fn mark() -> u64 {
+    CONTROL.get(control::MARK).copied().unwrap_or_default()
+}
+
+/// Whether the set of `mark() - 1` is complete (`control::RAN_SETS_VALID`).
+#[allow(dead_code, reason = "only the task-storage build has ran sets")]
+#[inline(always)]
+pub fn ran_sets_valid() -> bool {
+    CONTROL
+        .get(control::RAN_SETS_VALID)
+        .is_some_and(|valid| *valid != 0)
+}
+
+/// Whether the daemon turned the ran sets on (`RAN_SETS_ON`).
+#[inline(always)]
+pub fn ran_sets_on() -> bool {
+    // SAFETY: a static integer, valid for the program's life; volatile so that the
+    // compiler cannot fold the 0 the daemon overrides at load.
+    unsafe { core::ptr::read_volatile(&raw const RAN_SETS_ON) != 0 }
+}
+
+/// Puts thread `tid` of `slot` into the slot's set of `mark` ([`RanThreads`]), once per
+/// mark: `marked_pass` is the thread's own field of its state, written only on its CPU.
+/// Costs one compare at the switches after the first of an interval.
+#[inline(always)]
+pub fn mark_ran(marked_pass: &mut u64, slot: u32, tid: impl FnOnce() -> u32, mark: u64) {
+    if *marked_pass == mark {
+        return;
+    }
+    *marked_pass = mark;
+    let Some(ran) = RAN_THREADS.get_ptr_mut(slot) else {
+        return;
+    };
+    let parity = (mark & 1) as usize;
+    // SAFETY: ran is an element of RAN_THREADS, valid while the program runs; this takes
+    // the address of one of its sets' counts (parity is 0 or 1).
+    let count = unsafe { &raw mut (*ran).sets[parity].count };
+    // Threads on other CPUs add to the same set: each takes its own place.
+    // SAFETY: a counter inside that map value.
+    let at = unsafe { fetch_add_one(count) };
+    if let Some(place) = usize::try_from(at).ok().filter(|&at| at < RAN_SET_CAPACITY) {
+        // SAFETY: as above, the place this thread took (in bounds: checked); the cgroup
+        // walk reads it only after the checkpoint that follows the next bump of the mark.
+        unsafe { (*ran).sets[parity].tids[place] = tid() };
+    }
+}
+
+/// Atomically adds 1 to `counter` and returns what it held: `BPF_ATOMIC | BPF_FETCH`
+/// (5.12+), written out because LLVM emits it only for its v3 CPU, which the object is
+/// not built for (the build for 5.10 must not contain it at all: see `Marks::ON`).
+///
+/// # Safety
+/// `counter` must point into a map value, valid while the program runs.
+#[inline(always)]
+unsafe fn fetch_add_one(counter: *mut u64) -> u64 {
+    let mut value: u64 = 1;
+    // SAFETY: the caller's contract; the instruction reads and writes only the counter
+    // and the register it is given.
+    unsafe {
+        core::arch::asm!(
+            "{value} = atomic_fetch_add((u64 *)({counter} + 0), {value})",
+            value = inout(reg) value,
+            counter = in(reg) counter,
+            options(nostack),
+        );
+    }
+    value
 }
 
 #[inline(always)]

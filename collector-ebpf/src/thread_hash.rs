@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 
 mod account;
@@ -22,7 +23,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    account::{account, account_switch},
+    account::{account, account_switch, NoMarks},
     kernel::{Direct, Probed, Task},
     store_hash::HashStore,
 };
@@ -35,7 +36,7 @@ type Store = HashStore;
 pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: argument 1 of sched_switch is the task being switched out, a BTF pointer.
     let prev = unsafe { Task::<Direct>::new(ctx.arg(1)) };
-    account_switch::<Direct, Store, _>(&ctx, prev);
+    account_switch::<Direct, Store, NoMarks, _>(&ctx, prev);
     0
 }
 
@@ -46,6 +47,6 @@ pub fn checkpoint(ctx: RawTracePointContext) -> i32 {
     let task = unsafe { bpf_get_current_task() };
     // SAFETY: the running task's address, read here only through bpf_probe_read_kernel.
     let current = unsafe { Task::<Probed>::new(task as *const u8) };
-    account::<Probed, Store, _>(&ctx, current, false);
+    account::<Probed, Store, NoMarks, _>(&ctx, current, false);
     0
 }

@@ -861,3 +861,109 @@ fn an_idle_thread_is_reported_again_only_once_it_ran_with(mut kernel: KernelAcco
     // SAFETY: as above.
     unsafe { libc::kill(spinner.pid() as i32, libc::SIGCONT) };
 }
+
+/// On 6.7+ (the cgroup walk), a slot that is not full is read from its set of the
+/// threads that ran, which the context-switch program and the checkpoint fill: only
+/// when the set is complete (exactly one checkpoint of every CPU since the pass before),
+/// and only when it kept every such thread; otherwise every thread of the slot is
+/// walked. Each way, a spinning thread is reported with its new CPU time and a sleeping
+/// one is not.
+#[test]
+fn a_slot_is_read_from_its_ran_set_only_when_the_set_is_complete() {
+    let test = "a_slot_is_read_from_its_ran_set_only_when_the_set_is_complete";
+    let Some(mut kernel) = load(test) else {
+        return;
+    };
+    if !kernel.features().cgroup_walk.enabled {
+        assert!(
+            kernel_version() < (6, 7),
+            "the cgroup walk is off where it must be on"
+        );
+        return;
+    }
+    let cgroup = Cgroup::outside_nomad(&format!("collector-test/{}", uuid()));
+    let crowd = Cgroup::outside_nomad(&format!("collector-test/{}", uuid()));
+    let (slot, crowd_slot) = (1, 2);
+    track(&mut kernel, cgroup.cpu_id(), slot, monotonic_ns());
+    track(&mut kernel, crowd.cpu_id(), crowd_slot, monotonic_ns());
+    let sleeper = cgroup.spawn(burner!().args(["sleep", "30"]));
+    let spinner = cgroup.spawn(burner!().args(["spin", "1", "30"]));
+    // More spinning threads than a set holds.
+    let spinners = collector_common::RAN_SET_CAPACITY as u32 + 2;
+    let crowded = crowd.spawn(burner!().args(["spin", &spinners.to_string(), "30"]));
+    thread::sleep(Duration::from_millis(300));
+    // Pass numbers away from both slots' turns.
+    let mut pass = 2000;
+    let mut run = |kernel: &mut KernelAccounting, checkpoints: u32, full: bool| {
+        pass += 1;
+        while (pass + u64::from(slot)) % collector_common::FULL_PASS_EVERY == 0
+            || (pass + u64::from(crowd_slot)) % collector_common::FULL_PASS_EVERY == 0
+        {
+            pass += 1;
+        }
+        for _ in 0..checkpoints {
+            assert_eq!(kernel.checkpoint(), 0, "checkpoint failed on some CPU");
+        }
+        let before = kernel.stats();
+        let mut samples: Vec<ThreadSample> = Vec::new();
+        kernel
+            .sample_tracked_threads(pass, full, &mut samples, &mut Vec::new())
+            .unwrap();
+        let after = kernel.stats();
+        let run_of = |pid: u32| {
+            samples
+                .iter()
+                .find(|s| s.slot == slot && s.tgid == pid)
+                .map(|s| s.run_ns)
+        };
+        let crowd_threads = samples.iter().filter(|s| s.slot == crowd_slot).count();
+        (
+            (run_of(sleeper.pid()), run_of(spinner.pid()), crowd_threads),
+            after.ran_set_slots - before.ran_set_slots,
+            after.ran_set_overflows - before.ran_set_overflows,
+        )
+    };
+    let ((sleeping, spinning, _), _, _) = run(&mut kernel, 1, true);
+    assert!(
+        sleeping.is_some(),
+        "a full pass reports the sleeping process"
+    );
+    let mut spun = spinning.expect("a full pass reports the spinning process");
+    for (checkpoints, way) in [
+        (1, "from the sets"),
+        (0, "with no checkpoint since the pass before"),
+        (2, "with two checkpoints since the pass before"),
+        (1, "from the sets again"),
+    ] {
+        thread::sleep(Duration::from_millis(200));
+        let ((sleeping, spinning, crowd_threads), from_sets, overflows) =
+            run(&mut kernel, checkpoints, false);
+        let complete = checkpoints == 1;
+        assert_eq!(
+            from_sets,
+            u64::from(complete),
+            "{way}: slots read from their sets: {from_sets}"
+        );
+        assert_eq!(
+            overflows,
+            u64::from(complete),
+            "{way}: the crowded slot overflows its set exactly when sets are read"
+        );
+        assert_eq!(
+            sleeping, None,
+            "{way}: the sleeping process is not reported"
+        );
+        let spun_more = spinning.unwrap_or_else(|| panic!("{way}: the spinner is reported"));
+        // It shares the two CPUs with the crowd: about a ninth of 200 ms.
+        assert!(
+            spun_more > spun + 5_000_000,
+            "{way}: with its new CPU time: {spun} -> {spun_more} ns"
+        );
+        spun = spun_more;
+        assert!(
+            crowd_threads >= spinners as usize,
+            "{way}: every spinning thread of the crowded slot is reported: {crowd_threads}"
+        );
+    }
+    drop((sleeper, spinner, crowded));
+}

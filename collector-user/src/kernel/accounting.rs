@@ -21,7 +21,7 @@ use aya::{
 };
 use collector_common::{
     control, kfunc as kfuncs, sample_flags, stat, CgroupCpu, CgroupSample, KernelLayout,
-    SlotCgroups, ThreadEntry, ThreadSample, ThreadState, TrackedCgroup,
+    RanThreads, SlotCgroups, ThreadEntry, ThreadSample, ThreadState, TrackedCgroup,
 };
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
@@ -59,6 +59,8 @@ const EMPTY_PROGRAM: &str = "sched_switch_empty";
 const CGROUP_WALK_PROGRAM: &str = "tracked_cgroup_threads";
 const SAMPLES_MAP: &str = "SAMPLES";
 const RING_DROPS_MAP: &str = "RING_DROPS";
+const RAN_THREADS_MAP: &str = "RAN_THREADS";
+const RAN_SETS_ON_GLOBAL: &str = "RAN_SETS_ON";
 /// The cgroup walk's ring buffer's default size: room for about 10,000 records a pass (96
 /// bytes and an 8-byte header each). The walk makes only the passes that are not full
 /// for every slot: the threads that ran, the slots full by turn (a tenth) or after an
@@ -127,6 +129,8 @@ pub struct KernelStats {
     pub storage_failed: u64,
     pub samples_deferred: u64,
     pub lookups: u64,
+    pub ran_set_slots: u64,
+    pub ran_set_overflows: u64,
 }
 
 /// (run count, run time ns) per program, as the kernel accounts them while
@@ -187,6 +191,19 @@ pub struct KernelAccounting {
     /// CPUs the checkpoint runs on (the configured ones; offline ones are skipped).
     cpus: u32,
     read_buf: Vec<u8>,
+    /// The ran sets' bookkeeping, where the programs fill them.
+    ran_sets: Option<RanSets>,
+}
+
+/// Where the context-switch program and the checkpoint put each thread that ran into
+/// its slot's set (`RAN_THREADS`, see `collector_common::control::MARK`): the mark the
+/// daemon last set, and whether the set the next walk reads is complete.
+struct RanSets {
+    mark: u64,
+    /// Checkpoints of every CPU since the last pass, and whether one failed on a CPU: a
+    /// set is complete after exactly one, none failed.
+    checkpoints: u32,
+    failed: bool,
 }
 
 /// The cgroup walk (`tracked_cgroup_threads`): one iterator link per hierarchy, and the
@@ -208,15 +225,19 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> KernelError {
     move |source| KernelError::Map { name, source }
 }
 
-/// The maps pinned for a build.
-fn pinned_maps(store: ThreadStateStore) -> [&'static str; 5] {
-    [
+/// The maps pinned for a build: those a kept context-switch program writes.
+fn pinned_maps(store: ThreadStateStore) -> Vec<&'static str> {
+    let mut maps = vec![
         TRACKED_MAP,
         CGROUP_CPU_MAP,
         CONTROL_MAP,
         STATS_MAP,
         thread_map(store),
-    ]
+    ];
+    if store == ThreadStateStore::TaskStorage {
+        maps.push(RAN_THREADS_MAP);
+    }
+    maps
 }
 
 fn thread_map(store: ThreadStateStore) -> &'static str {
@@ -234,7 +255,7 @@ fn object(store: ThreadStateStore) -> &'static [u8] {
 }
 
 /// The shapes the pinned maps must have for this build and configuration.
-fn map_shapes(store: ThreadStateStore, options: &KernelOptions) -> [MapShape; 5] {
+fn map_shapes(store: ThreadStateStore, options: &KernelOptions) -> Vec<MapShape> {
     let max_tracked = options.max_tracked_cgroups;
     let thread = match store {
         ThreadStateStore::TaskStorage => MapShape {
@@ -252,7 +273,7 @@ fn map_shapes(store: ThreadStateStore, options: &KernelOptions) -> [MapShape; 5]
             max_entries: options.max_threads,
         },
     };
-    [
+    let mut shapes = vec![
         MapShape {
             name: TRACKED_MAP,
             map_type: MapType::Hash,
@@ -282,7 +303,17 @@ fn map_shapes(store: ThreadStateStore, options: &KernelOptions) -> [MapShape; 5]
             max_entries: stat::COUNT,
         },
         thread,
-    ]
+    ];
+    if store == ThreadStateStore::TaskStorage {
+        shapes.push(MapShape {
+            name: RAN_THREADS_MAP,
+            map_type: MapType::Array,
+            key_size: size_of::<u32>() as u32,
+            value_size: size_of::<RanThreads>() as u32,
+            max_entries: max_tracked,
+        });
+    }
+    shapes
 }
 
 /// The stores to try, in order: task storage first where the kernel has the map type
@@ -375,7 +406,22 @@ impl KernelAccounting {
             .override_global("LAYOUT", layout, true)
             .map_max_entries(TRACKED_MAP, options.max_tracked_cgroups)
             .map_max_entries(CGROUP_CPU_MAP, options.max_tracked_cgroups)
-            .map_max_entries(SLOT_CGROUPS_MAP, options.max_tracked_cgroups);
+            .map_max_entries(SLOT_CGROUPS_MAP, options.max_tracked_cgroups)
+            .map_max_entries(RAN_THREADS_MAP, options.max_tracked_cgroups);
+        // The ran sets are filled where the cgroup walk can read them: its kfuncs and its
+        // own (`missing_kfuncs` below), and a hierarchy to walk. Elsewhere the programs
+        // skip that code (the flag is read-only data, which the verifier prunes by).
+        let ran_sets_on = store == ThreadStateStore::TaskStorage
+            && !options.cgroup_roots.is_empty()
+            && kfuncs::ALL
+                .iter()
+                .all(|(_, name)| kfunc_ids.iter().any(|(n, _)| n == name));
+        let ran_sets_flag = u32::from(ran_sets_on);
+        loader.override_global(
+            RAN_SETS_ON_GLOBAL,
+            &ran_sets_flag,
+            store == ThreadStateStore::TaskStorage,
+        );
         match store {
             ThreadStateStore::Hash => loader.map_max_entries(THREAD_HASH_MAP, options.max_threads),
             ThreadStateStore::TaskStorage => {
@@ -388,7 +434,10 @@ impl KernelAccounting {
             if pins.keep_if_consistent(&map_shapes(store, options))? {
                 info!(path = %pins.dir().display(), "reusing pinned eBPF maps: counters continue");
             }
-            pin_paths = pinned_maps(store).map(|name| (name, pins.path(name)));
+            pin_paths = pinned_maps(store)
+                .into_iter()
+                .map(|name| (name, pins.path(name)))
+                .collect::<Vec<_>>();
             for (name, path) in &pin_paths {
                 loader.map_pin_path(name, path.as_path());
             }
@@ -557,14 +606,25 @@ impl KernelAccounting {
         let take = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(KernelError::Missing(name))
         };
+        let control: Array<MapData, u64> =
+            Array::try_from(take(&mut ebpf, CONTROL_MAP)?).map_err(map_err(CONTROL_MAP))?;
+        // Without the walk nothing reads the sets, and the mark stays where it is.
+        let ran_sets = match (ran_sets_on, &cgroup_walk) {
+            (true, Ok(_)) => Some(RanSets {
+                mark: control
+                    .get(&control::MARK, 0)
+                    .map_err(map_err(CONTROL_MAP))?,
+                checkpoints: 0,
+                failed: false,
+            }),
+            _ => None,
+        };
         let tracked =
             BpfHashMap::try_from(take(&mut ebpf, TRACKED_MAP)?).map_err(map_err(TRACKED_MAP))?;
         let cgroup_cpu =
             Array::try_from(take(&mut ebpf, CGROUP_CPU_MAP)?).map_err(map_err(CGROUP_CPU_MAP))?;
         let slot_cgroups = Array::try_from(take(&mut ebpf, SLOT_CGROUPS_MAP)?)
             .map_err(map_err(SLOT_CGROUPS_MAP))?;
-        let control =
-            Array::try_from(take(&mut ebpf, CONTROL_MAP)?).map_err(map_err(CONTROL_MAP))?;
         let stats =
             PerCpuArray::try_from(take(&mut ebpf, STATS_MAP)?).map_err(map_err(STATS_MAP))?;
 
@@ -593,6 +653,7 @@ impl KernelAccounting {
             logger,
             cpus: configured_cpus(),
             read_buf: Vec::new(),
+            ran_sets,
         })
     }
 
@@ -722,6 +783,15 @@ impl KernelAccounting {
         let Ok(program): Result<&RawTracePoint, _> = program.try_into() else {
             return self.cpus;
         };
+        // The threads that run from now on go into the next sets; the runs below order
+        // every switch that saw the old mark before the next walk (see `control::MARK`).
+        if let Some(sets) = &mut self.ran_sets {
+            sets.checkpoints += 1;
+            sets.mark += 1;
+            if self.control.set(control::MARK, sets.mark, 0).is_err() {
+                sets.failed = true;
+            }
+        }
         let mut failed = 0;
         for cpu in 0..self.cpus {
             let options = RawTracePointRunOptions {
@@ -737,6 +807,9 @@ impl KernelAccounting {
         }
         if let Some(logger) = &mut self.logger {
             logger.flush();
+        }
+        if let Some(sets) = &mut self.ran_sets {
+            sets.failed |= failed > 0;
         }
         failed
     }
@@ -781,6 +854,16 @@ impl KernelAccounting {
         self.control
             .set(control::PASS, pass, 0)
             .map_err(map_err(CONTROL_MAP))?;
+        if let Some(sets) = &mut self.ran_sets {
+            // The sets a walk reads hold every thread that ran since the walk before
+            // only if exactly one checkpoint of every CPU came between the two.
+            let valid = sets.checkpoints == 1 && !sets.failed;
+            sets.checkpoints = 0;
+            sets.failed = false;
+            self.control
+                .set(control::RAN_SETS_VALID, u64::from(valid), 0)
+                .map_err(map_err(CONTROL_MAP))?;
+        }
         self.read_buf.clear();
         match &mut self.cgroup_walk {
             // A host-wide full pass reports every tracked thread: more than the walk's
@@ -835,6 +918,8 @@ impl KernelAccounting {
             storage_failed: slot(stat::STORAGE_FAILED),
             samples_deferred: slot(stat::SAMPLES_DEFERRED),
             lookups: slot(stat::LOOKUPS),
+            ran_set_slots: slot(stat::RAN_SET_SLOTS),
+            ran_set_overflows: slot(stat::RAN_SET_OVERFLOWS),
         }
     }
 }

@@ -398,7 +398,7 @@ fn feature_on(h: &HealthInput<'_>, feature: &str) -> f64 {
     })
 }
 
-pub static HEALTH: [HealthFamily; 27] = [
+pub static HEALTH: [HealthFamily; 29] = [
     HealthFamily {
         family: Family::gauge(
             "nomad_collector_programs_attached",
@@ -550,6 +550,22 @@ pub static HEALTH: [HealthFamily; 27] = [
         ),
         json: "nomad_collector.kernel.lookups",
         value: |h| h.health.kernel.lookups as f64,
+    },
+    HealthFamily {
+        family: Family::counter(
+            "nomad_collector_kernel_ran_set_slots",
+            "Task cgroups the cgroup walk read from their set of threads that ran (only those threads looked at).",
+        ),
+        json: "nomad_collector.kernel.ran_set_slots",
+        value: |h| h.health.kernel.ran_set_slots as f64,
+    },
+    HealthFamily {
+        family: Family::counter(
+            "nomad_collector_kernel_ran_set_overflows",
+            "Task cgroups where more threads ran than their set holds, walked thread by thread instead.",
+        ),
+        json: "nomad_collector.kernel.ran_set_overflows",
+        value: |h| h.health.kernel.ran_set_overflows as f64,
     },
     HealthFamily {
         family: Family::seconds_counter(

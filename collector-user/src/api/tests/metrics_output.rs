@@ -125,6 +125,8 @@ async fn metrics_json_shape() {
         "kernel.storage_failed",
         "kernel.samples_deferred",
         "kernel.lookups",
+        "kernel.ran_set_slots",
+        "kernel.ran_set_overflows",
         "bpf.sched_switch_run_time_ns",
         "bpf.sched_switch_run_count",
     ] {

@@ -245,6 +245,8 @@ fn snapshot() -> Snapshot {
                 storage_failed: 0,
                 samples_deferred: 2,
                 lookups: 40,
+                ran_set_slots: 7,
+                ran_set_overflows: 1,
             },
             sched_switch_run_time_ns: 5,
             sched_switch_run_count: 6,
