@@ -257,6 +257,7 @@ impl EbpfSource {
             sched_switch = programs.sched_switch_id,
             checkpoint = ?programs.checkpoint_id,
             process_iter = ?programs.process_iter_id,
+            cgroup_walk = ?programs.cgroup_walk_id,
             thread_state = features.thread_state.build_name(),
             off = ?off,
             kept_pinned = programs.reused_pinned_link,

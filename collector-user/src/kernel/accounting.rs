@@ -149,6 +149,8 @@ pub struct AttachedPrograms {
     /// `None` where the kernel refused the program (see [`KernelFeatures`]).
     pub checkpoint_id: Option<u32>,
     pub process_iter_id: Option<u32>,
+    /// The cgroup walk's (6.7+), which makes the passes that are not host-wide.
+    pub cgroup_walk_id: Option<u32>,
     /// The sched_switch link was found pinned and kept (a restart), not attached anew.
     pub reused_pinned_link: bool,
 }
@@ -570,6 +572,10 @@ impl KernelAccounting {
                 .and_then(|fd| sys::prog_id(fd.as_fd()).ok())
         };
         let (checkpoint_id, process_iter_id) = (id_of(&checkpoint_prog_fd), id_of(&iter_prog_fd));
+        let cgroup_walk_id = cgroup_walk
+            .as_ref()
+            .ok()
+            .and_then(|walk| sys::prog_id(walk.prog_fd.as_fd()).ok());
 
         let switch: &mut BtfTracePoint = ebpf
             .program_mut(SWITCH_PROGRAM)
@@ -646,6 +652,7 @@ impl KernelAccounting {
                 sched_switch_id,
                 checkpoint_id,
                 process_iter_id,
+                cgroup_walk_id,
                 reused_pinned_link: reused,
             },
             features,

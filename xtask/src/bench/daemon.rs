@@ -61,6 +61,8 @@ pub struct ProgramIds {
     pub sched_switch: u64,
     pub checkpoint: u64,
     pub process_iter: u64,
+    /// The cgroup walk's (6.7+), which makes the passes that are not host-wide.
+    pub cgroup_walk: Option<u64>,
 }
 
 pub struct Daemon {
@@ -190,6 +192,7 @@ impl Daemon {
             sched_switch: field("sched_switch=")?,
             checkpoint: field("checkpoint=")?,
             process_iter: field("process_iter=")?,
+            cgroup_walk: field("cgroup_walk="),
         })
     }
 

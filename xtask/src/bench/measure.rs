@@ -241,7 +241,12 @@ fn point(daemon: &Daemon, tid: u32, ids: Option<ProgramIds>) -> Result<Point> {
         collector: process::thread_cpu_ns(pid, tid)?,
         switch: prog_stats(&objects, ids.map(|i| i.sched_switch)),
         checkpoint: prog_stats(&objects, ids.map(|i| i.checkpoint)),
-        iter: prog_stats(&objects, ids.map(|i| i.process_iter)),
+        // A pass is the task walk's or the cgroup walk's: both count as the iterator.
+        iter: {
+            let (task_ns, task_runs) = prog_stats(&objects, ids.map(|i| i.process_iter));
+            let (walk_ns, walk_runs) = prog_stats(&objects, ids.and_then(|i| i.cgroup_walk));
+            (task_ns + walk_ns, task_runs + walk_runs)
+        },
     })
 }
 
